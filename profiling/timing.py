@@ -1,0 +1,115 @@
+"""Timing harness: warm-up, repeated runs, raw per-run samples in milliseconds.
+
+Why not `torch.utils.benchmark.Timer.blocked_autorange`: it times *blocks* of runs and keeps one
+mean per block, so the per-run distribution (p90, p99, max) that the store keeps is lost. A plain
+`time.perf_counter` loop gives one sample per run; on CUDA each run is bracketed by
+`torch.cuda.synchronize` so a sample is the kernel time, not the launch time. Like the benchmark
+module we run under `no_grad` and with a fixed number of threads.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimingSettings:
+    """How hard to measure: runs before timing, then at least `repeat` runs and `min_time_s`."""
+
+    warmup: int = 3
+    repeat: int = 20
+    min_time_s: float = 0.0
+    max_repeat: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0:
+            raise ValueError("warmup: must be >= 0")
+        if self.repeat < 1:
+            raise ValueError("repeat: must be >= 1")
+        if not math.isfinite(self.min_time_s) or self.min_time_s < 0:
+            raise ValueError("min_time_s: must be a finite number >= 0")
+        if self.max_repeat < self.repeat:
+            raise ValueError("max_repeat: must be >= repeat")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyStats:
+    """Summary of raw samples of one component, in milliseconds."""
+
+    samples_ms: tuple[float, ...] = field(repr=False)
+    n: int = 0
+    mean_ms: float = 0.0
+    std_ms: float = 0.0
+    min_ms: float = 0.0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.samples_ms:
+            raise ValueError("samples_ms: need at least one sample")
+        if any(not math.isfinite(s) or s < 0 for s in self.samples_ms):
+            raise ValueError("samples_ms: samples must be finite and >= 0")
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float] | tuple[float, ...] | np.ndarray) -> LatencyStats:
+        arr = np.asarray(samples_ms, dtype=np.float64)
+        if arr.size == 0:
+            raise ValueError("samples_ms: need at least one sample")
+        p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+        return cls(
+            samples_ms=tuple(float(s) for s in arr),
+            n=int(arr.size),
+            mean_ms=float(arr.mean()),
+            std_ms=float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+            min_ms=float(arr.min()),
+            p50_ms=float(p50),
+            p90_ms=float(p90),
+            p99_ms=float(p99),
+            max_ms=float(arr.max()),
+        )
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_callable(
+    fn: Callable[[], object], *, device: torch.device, settings: TimingSettings
+) -> LatencyStats:
+    """Time `fn()` (no arguments: bind module and input with a lambda) under `no_grad`.
+
+    Runs `settings.warmup` untimed calls, then timed calls until both `settings.repeat` runs
+    and `settings.min_time_s` seconds are reached (capped at `settings.max_repeat`).
+    """
+    samples: list[float] = []
+    with torch.inference_mode():
+        for _ in range(settings.warmup):
+            fn()
+        _synchronize(device)
+        spent = 0.0
+        while len(samples) < settings.repeat or (
+            spent < settings.min_time_s and len(samples) < settings.max_repeat
+        ):
+            start = time.perf_counter()
+            fn()
+            _synchronize(device)
+            elapsed = time.perf_counter() - start
+            spent += elapsed
+            samples.append(elapsed * 1e3)
+    return LatencyStats.from_samples(samples)
+
+
+def time_module(
+    module: torch.nn.Module, inputs: torch.Tensor, *, settings: TimingSettings
+) -> LatencyStats:
+    """Time `module(inputs)` on the inputs' device (the module must already be there)."""
+    return time_callable(lambda: module(inputs), device=inputs.device, settings=settings)
