@@ -46,9 +46,9 @@ def test_every_edge_is_exact_against_direct_counting(seed: int) -> None:
     edges = confidence_edges()
     conf = _confidences(seed)
     hist = confidence_histograms(conf, edges).numpy()
-    assert hist.shape == (5, edges.size)
+    assert hist.shape == (5, edges.size - 1)
     assert (hist.sum(axis=1) == 9 * 11).all()
-    for k, th in enumerate(edges):
+    for k, th in enumerate(edges[:-1]):
         direct = (conf >= float(th)).reshape(5, -1).sum(dim=1).numpy()  # the network's test
         assert (hist[:, k:].sum(axis=1) == direct).all(), f"edge {k} = {th}"
         share = share_at_least(hist, edges, float(th))
@@ -60,3 +60,11 @@ def test_share_at_least_refuses_a_threshold_between_edges() -> None:
     hist = confidence_histograms(_confidences(0), edges).numpy()
     with pytest.raises(ValueError, match="th_pix"):
         share_at_least(hist, edges, 0.9555)
+    with pytest.raises(ValueError, match="th_pix"):
+        share_at_least(hist, edges, 1.0)
+
+
+def test_saturated_pixels_land_in_the_last_bin() -> None:
+    edges = confidence_edges()
+    hist = confidence_histograms(torch.tensor([[1.0, 1.0, 0.0, 0.9995]]), edges).numpy()
+    assert hist[0, -1] == 3 and hist[0, 0] == 1
