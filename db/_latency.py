@@ -1,0 +1,116 @@
+"""Latency of each component of a model on a device, summary statistics computed on insert."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db._common import aware, insert_or_get, parse_shape, shape_key
+from db.arrays import from_bytes, to_bytes
+from db.errors import StorageError
+from db.models import Device, Latency, Model
+from db.records import LATENCY_KINDS, LatencyRecord
+
+
+def latency_stats(samples_ms: np.ndarray) -> dict[str, float]:
+    """n, mean, std (population), min, p50, p90, p99, max of the samples (linear percentiles)."""
+    x = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(x, [50, 90, 99])
+    return {
+        "n": int(x.size), "mean_ms": float(x.mean()), "std_ms": float(x.std()),
+        "min_ms": float(x.min()), "p50_ms": float(p50), "p90_ms": float(p90),
+        "p99_ms": float(p99), "max_ms": float(x.max()),
+    }
+
+
+def _record(row: Latency) -> LatencyRecord:
+    return LatencyRecord(
+        id=row.id, model_id=row.model_id, device_id=row.device_id, kind=row.kind, name=row.name,
+        input_shape=parse_shape(row.input_shape), batch=row.batch, dtype=row.dtype, n=row.n,
+        mean_ms=row.mean_ms, std_ms=row.std_ms, min_ms=row.min_ms, p50_ms=row.p50_ms,
+        p90_ms=row.p90_ms, p99_ms=row.p99_ms, max_ms=row.max_ms,
+        samples_ms=from_bytes(row.samples_ms, np.float64, (row.n,)), gflops=row.gflops,
+        params=row.params, created=aware(row.created),
+    )
+
+
+def upsert_latency(
+    s: Session,
+    *,
+    model_id: int,
+    device_id: int,
+    kind: str,
+    name: str,
+    input_shape: Sequence[int],
+    batch: int,
+    dtype: str,
+    samples_ms: Sequence[float] | np.ndarray,
+    gflops: float,
+    params: int,
+) -> LatencyRecord:
+    """Store the timing samples of one component; a new measurement replaces the old one.
+
+    The key is (model, device, kind, name, input shape, batch, dtype).
+    """
+    if kind not in LATENCY_KINDS:
+        raise ValueError(f"kind must be one of {LATENCY_KINDS}, got {kind!r}")
+    if not name:
+        raise ValueError("name must be a non-empty string")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if not dtype:
+        raise ValueError("dtype must be a non-empty string")
+    x = np.asarray(samples_ms, dtype=np.float64).reshape(-1)
+    if x.size == 0 or not np.all(np.isfinite(x)) or (x < 0).any():
+        raise ValueError("samples_ms must be a non-empty list of finite, non-negative times")
+    if not np.isfinite(gflops) or gflops < 0:
+        raise ValueError(f"gflops must be finite and >= 0, got {gflops}")
+    if params < 0:
+        raise ValueError(f"params must be >= 0, got {params}")
+    if s.get(Model, model_id) is None:
+        raise StorageError(f"unknown model id {model_id}; `dse models` lists the stored models")
+    if s.get(Device, device_id) is None:
+        raise StorageError(f"unknown device id {device_id}; `dse devices` lists the known ones")
+    key = shape_key(input_shape)
+    values = dict(latency_stats(x), samples_ms=to_bytes(x), gflops=float(gflops), params=int(params))
+    row = Latency(
+        model_id=model_id, device_id=device_id, kind=kind, name=name, input_shape=key,
+        batch=batch, dtype=dtype, **values,
+    )
+    stored, inserted = insert_or_get(
+        s, row,
+        select(Latency).where(
+            Latency.model_id == model_id, Latency.device_id == device_id, Latency.kind == kind,
+            Latency.name == name, Latency.input_shape == key, Latency.batch == batch,
+            Latency.dtype == dtype,
+        ),
+    )
+    if not inserted:
+        for attr, value in values.items():
+            setattr(stored, attr, value)
+    s.flush()
+    return _record(stored)
+
+
+def load_latency(
+    s: Session,
+    *,
+    model_id: int,
+    device_id: int,
+    input_shape: Sequence[int] | None = None,
+    batch: int | None = None,
+    dtype: str | None = None,
+) -> list[LatencyRecord]:
+    """Timings of a model on a device, optionally narrowed to one input shape, batch, dtype."""
+    stmt = select(Latency).where(Latency.model_id == model_id, Latency.device_id == device_id)
+    if input_shape is not None:
+        stmt = stmt.where(Latency.input_shape == shape_key(input_shape))
+    if batch is not None:
+        stmt = stmt.where(Latency.batch == batch)
+    if dtype is not None:
+        stmt = stmt.where(Latency.dtype == dtype)
+    stmt = stmt.order_by(Latency.input_shape, Latency.batch, Latency.dtype, Latency.kind, Latency.name)
+    return [_record(r) for r in s.scalars(stmt)]
