@@ -1,0 +1,107 @@
+"""Reading a report's records from the store, and writing the page safely.
+
+`write_report` checks the output path before any work and replaces the file atomically, so a
+failed run never leaves a half-written report.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from db.errors import StorageError
+from dse.errors import DseError
+from dse.report._data import kept_exits
+from dse.report._html import render_report
+from dse.report._model import ConfidenceData, ReportData, RunData
+
+
+def _confidence(session: Session, profile_id: int,
+                keep: set[str]) -> tuple[ConfidenceData | None, str]:
+    """The kept exits' histograms, or None and why (the rest of the report still renders)."""
+    from db.repository import load_accuracy
+
+    if not keep:
+        return None, ""
+    try:
+        arrays = load_accuracy(session, profile_id)
+    except StorageError as exc:  # e.g. a profile left incomplete; the fronts stay valid
+        return None, f"accuracy profile {profile_id} cannot be read: {exc}"
+    data = ConfidenceData.from_arrays(profile_id=profile_id, exit_ids=arrays.exit_ids,
+                                      edges=arrays.edges, hist=arrays.hist, keep=keep)
+    return data, ""
+
+
+def build_report_data(session: Session, run_ids: Sequence[int]) -> ReportData:
+    """Read runs, their candidates, verifications and confidence histograms.
+
+    Raises:
+        DseError: no run id given, or one given twice.
+        StorageError: a run id that is not in the store (the message names `dse pareto`).
+    """
+    from db.repository import get_search_run, list_candidates, list_verifications
+
+    ids = [int(r) for r in run_ids]
+    if not ids:
+        raise DseError("no run to report: pass --runs ID[,ID...] (see `dse pareto`)")
+    dupes = sorted({r for r in ids if ids.count(r) > 1})
+    if dupes:
+        raise DseError(f"run {dupes[0]} is listed twice in --runs; list each run once")
+    runs = []
+    for run_id in ids:
+        run = get_search_run(session, run_id)
+        candidates = list_candidates(session, run_id)
+        confidence, note = _confidence(session, run.accuracy_profile_id,
+                                       set(kept_exits(candidates)))
+        runs.append(RunData(
+            run=run, candidates=tuple(candidates),
+            verifications=tuple(list_verifications(session, run_id)),
+            confidence=confidence, confidence_note=note,
+        ))
+    return ReportData(runs=tuple(runs))
+
+
+def check_output_path(out_path: str | os.PathLike[str]) -> Path:
+    """The resolved output path, or a DseError saying why it cannot be written."""
+    path = Path(out_path).expanduser()
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise DseError(f"output path {path} is a folder; give a file name such as {path}/report.html")
+    if not folder.is_dir():
+        raise DseError(f"output folder {folder} does not exist; create it first or choose another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DseError(f"output folder {folder} is not writable; choose another --out")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise DseError(f"output file {path} is not writable; choose another --out")
+    return path
+
+
+def write_report(session: Session, run_ids: Sequence[int], out_path: str | os.PathLike[str]) -> Path:
+    """Render the runs into one self-contained HTML file at `out_path` (atomic replace).
+
+    Returns:
+        The path written.
+
+    Raises:
+        DseError: the output path cannot be written, or the run list is bad.
+        StorageError: a run is missing from the store.
+    """
+    path = check_output_path(out_path)
+    page = render_report(build_report_data(session, run_ids))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise DseError(f"could not write {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
