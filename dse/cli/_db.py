@@ -2,16 +2,175 @@
 
 from __future__ import annotations
 
+import json
+from typing import Annotated, Any
+
 import typer
+from rich.table import Table
 
-from db.errors import StorageError
-from dse.cli._app import DbOption, JsonOption, app
+from dse.cli._app import DEFAULT_DB, DbOption, JsonOption, app, console
 
-db_app = typer.Typer(help="Inspect, upgrade and merge the measurement store.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
+db_app = typer.Typer(
+    help="Inspect, upgrade and merge measurement stores.", no_args_is_help=True
+)
+app.add_typer(db_app, name="db", help="Inspect, upgrade and merge measurement stores.")
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    typer.echo(json.dumps(obj, sort_keys=True, default=str))
 
 
 @app.command("models")
-def models_command(db: DbOption = "sqlite:///mess.db", json_output: JsonOption = False) -> None:
-    """List the models in the store."""
-    raise StorageError("the store is not implemented yet (issue 3 in progress)")
+def models_command(db: DbOption = DEFAULT_DB, json_output: JsonOption = False) -> None:
+    """List the stored models with their exits and accuracy profiles."""
+    from db import open_store, session_scope
+    from db import repository as repo
+
+    engine = open_store(db)
+    try:
+        with session_scope(engine, readonly=True) as s:
+            rows: list[dict[str, Any]] = []
+            for m in repo.list_models(s):
+                profiles = repo.find_accuracy_profiles(s, m.id)
+                rows.append(
+                    {
+                        "id": m.id, "name": m.name, "arch": m.arch, "num_classes": m.num_classes,
+                        "weights_sha256": m.weights_sha256,
+                        "exits": len({e.exit_id for e in repo.list_exits(s, m.id)}),
+                        "accuracy_profiles": len(profiles),
+                        "complete_profiles": sum(p.complete for p in profiles),
+                        "created": m.created.strftime("%Y-%m-%d %H:%M"),
+                    }
+                )
+    finally:
+        engine.dispose()
+    if json_output:
+        for row in rows:
+            _emit(row)
+        return
+    if not rows:
+        console.print("no models yet; `dse profile --checkpoint CKPT --device NAME` adds one")
+        return
+    table = Table("id", "name", "arch", "classes", "weights", "exits", "profiles", "created")
+    for r in rows:
+        table.add_row(
+            str(r["id"]), r["name"], r["arch"], str(r["num_classes"]), r["weights_sha256"][:12],
+            str(r["exits"]), f"{r['complete_profiles']}/{r['accuracy_profiles']}", r["created"],
+        )
+    console.print(table)
+
+
+@app.command("devices")
+def devices_command(db: DbOption = DEFAULT_DB, json_output: JsonOption = False) -> None:
+    """List the known devices with their fingerprints."""
+    from db import open_store, session_scope
+    from db import repository as repo
+
+    engine = open_store(db)
+    try:
+        with session_scope(engine, readonly=True) as s:
+            rows: list[dict[str, Any]] = [
+                {
+                    "id": d.id, "name": d.name, "fingerprint": d.fingerprint,
+                    "fingerprint_sha256": d.fingerprint_sha256,
+                    "created": d.created.strftime("%Y-%m-%d %H:%M"),
+                }
+                for d in repo.list_devices(s)
+            ]
+    finally:
+        engine.dispose()
+    if json_output:
+        for row in rows:
+            _emit(row)
+        return
+    if not rows:
+        console.print("no devices yet; `dse profile --checkpoint CKPT --device NAME` adds one")
+        return
+    table = Table("id", "name", "fingerprint", "details", "created")
+    for r in rows:
+        details = ", ".join(f"{k}={v}" for k, v in sorted(r["fingerprint"].items()))
+        table.add_row(str(r["id"]), r["name"], r["fingerprint_sha256"][:12], details, r["created"])
+    console.print(table)
+
+
+@db_app.command("info")
+def info_command(db: DbOption = DEFAULT_DB, json_output: JsonOption = False) -> None:
+    """Show the schema revision, rows per table, models and devices."""
+    from db import open_store, session_scope
+    from db import repository as repo
+    from db.session import current_revision, display_url, head_revision
+
+    engine = open_store(db)
+    try:
+        revision = current_revision(engine)
+        with session_scope(engine, readonly=True) as s:
+            counts = repo.row_counts(s)
+            models = [f"{m.id}:{m.name}" for m in repo.list_models(s)]
+            devices = [f"{d.id}:{d.name}" for d in repo.list_devices(s)]
+    finally:
+        engine.dispose()
+    info = {
+        "url": display_url(db), "revision": revision, "head_revision": head_revision(),
+        "rows": counts, "models": models, "devices": devices,
+    }
+    if json_output:
+        _emit(info)
+        return
+    console.print(f"store    {info['url']}", markup=False, highlight=False)
+    console.print(f"schema   {revision} (this mess-dse writes {head_revision()})", highlight=False)
+    console.print(f"models   {', '.join(models) or '-'}", markup=False, highlight=False)
+    console.print(f"devices  {', '.join(devices) or '-'}", markup=False, highlight=False)
+    table = Table("table", "rows")
+    for name, n in counts.items():
+        table.add_row(name, str(n))
+    console.print(table)
+
+
+@db_app.command("upgrade")
+def upgrade_command(db: DbOption = DEFAULT_DB, json_output: JsonOption = False) -> None:
+    """Bring a store to this version's schema (creates an empty store when missing)."""
+    from db.session import display_url, upgrade
+
+    before, after = upgrade(db)
+    if json_output:
+        _emit({"url": display_url(db), "from": before, "to": after})
+    elif before == after:
+        console.print(f"{display_url(db)} is already at schema {after}", highlight=False)
+    else:
+        console.print(
+            f"{display_url(db)}: schema {before or 'empty'} -> {after}", markup=False,
+            highlight=False,
+        )
+
+
+SourceArg = Annotated[
+    str, typer.Argument(help="Store to bring in: SQLAlchemy URL or SQLite file path.")
+]
+
+
+@db_app.command("merge")
+def merge_command(
+    source: SourceArg, db: DbOption = DEFAULT_DB, json_output: JsonOption = False
+) -> None:
+    """Copy the rows of another store into this one; identical rows are skipped."""
+    from db.merge import merge_stores
+
+    report = merge_stores(source, db)
+    if json_output:
+        _emit(report.as_dict())
+        for conflict in report.conflicts:
+            _emit({"conflict": conflict})
+        return
+    table = Table("table", "copied", "skipped", "conflicts")
+    for name in sorted(set(report.copied) | set(report.skipped) | set(report.conflict_counts)):
+        table.add_row(
+            name, str(report.copied.get(name, 0)), str(report.skipped.get(name, 0)),
+            str(report.conflict_counts.get(name, 0)),
+        )
+    console.print(table)
+    for conflict in report.conflicts:
+        console.print(f"conflict (kept this store's row): {conflict}", markup=False, highlight=False)
+    console.print(
+        f"merged {sum(report.copied.values())} rows, skipped {sum(report.skipped.values())} "
+        f"identical, {len(report.conflicts)} conflicts", highlight=False,
+    )
