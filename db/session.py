@@ -36,7 +36,7 @@ def parse_url(url: str) -> URL:
         return URL.create("sqlite", database=str(Path(text).expanduser()))
     try:
         return make_url(text)
-    except ArgumentError as e:
+    except (ArgumentError, ValueError) as e:
         raise StorageError(
             f"malformed store URL {text!r}; use e.g. sqlite:///mess.db, a file path, "
             "or postgresql+psycopg2://user@host/dbname"
