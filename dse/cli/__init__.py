@@ -1,6 +1,10 @@
 """The `dse` command line. Each module registers its commands on `app`."""
 
-from dse.cli import _db  # noqa: F401
+from dse.cli import (
+    _db,  # noqa: F401
+    _report,  # noqa: F401
+    _train,  # noqa: F401
+)
 from dse.cli._app import app, main, run
 
 __all__ = ["app", "main", "run"]

@@ -65,23 +65,42 @@ def build_report_data(session: Session, run_ids: Sequence[int]) -> ReportData:
     return ReportData(runs=tuple(runs))
 
 
+def _open_temp(path: Path) -> tuple[int, str]:
+    """A temp file next to `path` (same filesystem, so os.replace is atomic)."""
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise DseError(
+            f"cannot write in {path.parent} ({exc.strerror or exc}); choose another --out"
+        ) from exc
+
+
 def check_output_path(out_path: str | os.PathLike[str]) -> Path:
-    """The resolved output path, or a DseError saying why it cannot be written."""
+    """The output path, or a DseError saying why it cannot be written.
+
+    Writability is probed with a real temp file, which also catches read-only mounts and
+    folders that permission bits alone do not describe (e.g. when running as root).
+    """
     path = Path(out_path).expanduser()
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
+    if not path.name or path.is_dir():
         raise DseError(f"output path {path} is a folder; give a file name such as {path}/report.html")
-    if not folder.is_dir():
-        raise DseError(f"output folder {folder} does not exist; create it first or choose another --out")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise DseError(f"output folder {folder} is not writable; choose another --out")
+    if not path.parent.is_dir():
+        raise DseError(
+            f"output folder {path.parent} does not exist; create it first or choose another --out"
+        )
     if path.exists() and not os.access(path, os.W_OK):
         raise DseError(f"output file {path} is not writable; choose another --out")
+    fd, tmp = _open_temp(path)
+    os.close(fd)
+    os.unlink(tmp)
     return path
 
 
 def write_report(session: Session, run_ids: Sequence[int], out_path: str | os.PathLike[str]) -> Path:
     """Render the runs into one self-contained HTML file at `out_path` (atomic replace).
+
+    The output is checked before any work; the page goes to a temp file in the same folder that
+    replaces `out_path` only once complete.
 
     Returns:
         The path written.
@@ -91,11 +110,10 @@ def write_report(session: Session, run_ids: Sequence[int], out_path: str | os.Pa
         StorageError: a run is missing from the store.
     """
     path = check_output_path(out_path)
-    page = render_report(build_report_data(session, run_ids))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _open_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
+            fh.write(render_report(build_report_data(session, run_ids)))
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as exc:
