@@ -1,0 +1,187 @@
+"""The pruned early-exit network equals the in-framework cascade, in every export format."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from training.adapters import build_network, describe_positions
+from training.errors import TrainingError
+from training.export import (
+    build_cascade_module,
+    export_cascade,
+    load_state_dict_export,
+    script_cascade,
+)
+from training.network import CascadeConfig
+from training.policy import ExitDecision, confidence_map
+
+SIZE = (32, 32)
+
+
+def _network(arch: str = "fcn_resnet18"):
+    torch.manual_seed(0)
+    names = [p.name for p in describe_positions(arch)]
+    return build_network(arch, num_classes=3, head_space=["nocrm-b0-fcn"], positions=names[1:4]).eval()
+
+
+def _images(n: int = 6) -> torch.Tensor:
+    return torch.randn(n, 3, *SIZE, generator=torch.Generator().manual_seed(1))
+
+
+def _mixed_th_img(network, exit_id: str, x: torch.Tensor, th_pix: float) -> float:
+    """An image threshold that sends some images out at `exit_id` and keeps the others."""
+    with torch.no_grad():
+        c_img = ExitDecision()(network.forward_native(x)[exit_id], th_pix)
+    values = sorted(set(c_img.tolist()))
+    assert len(values) > 1, "the seed should give images of different confidence"
+    return values[len(values) // 2]
+
+
+def _config(network, x: torch.Tensor) -> tuple[list[str], list[float], float]:
+    exits = list(network.exit_ids[:2])
+    th_pix = [0.4, 0.4]
+    return exits, th_pix, _mixed_th_img(network, exits[0], x, th_pix[0])
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return _network()
+
+
+def _reference(network, x, exits, th_pix, th_img):
+    with torch.no_grad():
+        return network.cascade(x, CascadeConfig(exits=tuple(exits), th_pix=tuple(th_pix),
+                                                th_img=th_img))
+
+
+def test_pruned_module_equals_the_cascade_image_by_image_and_batched(resnet) -> None:
+    x = _images()
+    exits, th_pix, th_img = _config(resnet, x)
+    module = build_cascade_module(resnet, exits=[*exits, "final"], th_pix=th_pix, th_img=th_img,
+                                  input_size=SIZE)
+    ref = _reference(resnet, x, exits, th_pix, th_img)
+    assert len(set(ref.exit_ids)) > 1  # the configuration really exits early for some images
+    with torch.no_grad():
+        logits, index = module(x)
+        assert [module.exit_ids[i] for i in index] == ref.exit_ids
+        torch.testing.assert_close(logits, ref.logits, rtol=0, atol=1e-5)
+        for n in range(x.shape[0]):
+            one = _reference(resnet, x[n : n + 1], exits, th_pix, th_img)
+            got, where = module(x[n : n + 1])
+            assert module.exit_ids[int(where[0])] == one.exit_ids[0]
+            assert torch.equal(got, one.logits)
+
+
+def test_later_stages_never_run_once_every_image_left(resnet) -> None:
+    x = _images(3)
+    exits = [resnet.exit_ids[0], "final"]
+    module = build_cascade_module(resnet, exits=exits, th_pix=[0.01], th_img=0.01,
+                                  input_size=SIZE)
+    calls: list[int] = []
+    hook = module.last_stage.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        _, index = module(x)
+    hook.remove()
+    assert index.tolist() == [0, 0, 0] and calls == []
+
+
+def test_torchscript_file_keeps_the_early_exit(resnet, tmp_path) -> None:
+    x = _images()
+    exits, th_pix, th_img = _config(resnet, x)
+    module = build_cascade_module(resnet, exits=[*exits, "final"], th_pix=th_pix, th_img=th_img,
+                                  input_size=SIZE)
+    out = tmp_path / "cascade.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        written = export_cascade(module, fmt="torchscript", out=out, metadata={"run": 1},
+                                 example=x[:1])
+        loaded = torch.jit.load(str(out))
+    assert written == [out, tmp_path / "cascade.pt.json"]
+    assert "if " in loaded.code  # data-dependent control flow, not a traced single path
+    ref = _reference(resnet, x, exits, th_pix, th_img)
+    with torch.no_grad():
+        logits, index = loaded(x)
+    assert [module.exit_ids[i] for i in index] == ref.exit_ids
+    torch.testing.assert_close(logits, ref.logits, rtol=0, atol=1e-5)
+    meta = json.loads((tmp_path / "cascade.pt.json").read_text())
+    assert meta["exit_ids"] == [*exits, "final"] and meta["th_img"] == th_img
+    assert [p.name for p in tmp_path.iterdir()] == sorted(p.name for p in written) or len(
+        list(tmp_path.iterdir())) == 2  # nothing else (no temporary folder) left behind
+
+
+def test_state_dict_export_rebuilds_on_a_fresh_network(resnet, tmp_path) -> None:
+    x = _images()
+    exits, th_pix, th_img = _config(resnet, x)
+    module = build_cascade_module(resnet, exits=[*exits, "final"], th_pix=th_pix, th_img=th_img,
+                                  input_size=SIZE)
+    out = tmp_path / "cascade.sd"
+    export_cascade(module, fmt="state-dict", out=out, metadata={"edge_correction": True},
+                   example=x[:1])
+    state = torch.load(out, weights_only=True)
+    assert all(not k.startswith("early_stages.9") for k in state)
+    torch.manual_seed(123)  # other random weights: the export must bring its own
+    fresh = build_network("fcn_resnet18", num_classes=3, head_space=["nocrm-b0-fcn"],
+                          positions=[p.name for p in resnet.positions]).eval()
+    rebuilt = load_state_dict_export(out, fresh)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x)[0], module(x)[0], rtol=0, atol=0)
+
+
+def test_budgeted_configuration_ends_at_its_exit(resnet) -> None:
+    x = _images(2)
+    exit_id = resnet.exit_ids[1]
+    module = build_cascade_module(resnet, exits=[exit_id], th_pix=[], th_img=0.5,
+                                  input_size=SIZE)
+    with torch.no_grad():
+        logits, index = module(x)
+        torch.testing.assert_close(logits, resnet.budgeted(exit_id)(x), rtol=0, atol=0)
+    assert index.tolist() == [0, 0]
+    assert sum(p.numel() for p in module.parameters()) < sum(
+        p.numel() for p in resnet.parameters())
+
+
+def test_lraspp_final_head_gets_its_skip_feature() -> None:
+    network = _network("lraspp_mobilenet_v3_large")
+    x = _images(4)
+    exits = [network.exit_ids[0]]
+    with torch.no_grad():  # random LR-ASPP heads are unconfident: threshold at the median pixel
+        th_pix = float(confidence_map(network.forward_native(x)[exits[0]]).median())
+    th_img = _mixed_th_img(network, exits[0], x, th_pix)
+    module = build_cascade_module(network, exits=[*exits, "final"], th_pix=[th_pix],
+                                  th_img=th_img, input_size=SIZE)
+    ref = _reference(network, x, exits, [th_pix], th_img)
+    assert len(set(ref.exit_ids)) > 1
+    with torch.no_grad():
+        logits, index = module(x)
+        scripted = script_cascade(module, x[:1])
+        s_logits, s_index = scripted(x)
+    assert [module.exit_ids[i] for i in index] == ref.exit_ids
+    torch.testing.assert_close(logits, ref.logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(s_logits, ref.logits, rtol=0, atol=1e-5)
+    assert torch.equal(s_index, index)
+
+
+def test_bad_configurations_and_outputs_are_refused(resnet, tmp_path) -> None:
+    first, second = resnet.exit_ids[0], resnet.exit_ids[1]
+    with pytest.raises(TrainingError, match="unknown exit"):
+        build_cascade_module(resnet, exits=["layer9.9/nocrm-b0-fcn", "final"], th_pix=[0.5],
+                             th_img=0.5, input_size=SIZE)
+    with pytest.raises(TrainingError, match="increasing"):
+        build_cascade_module(resnet, exits=[second, first, "final"], th_pix=[0.5, 0.5],
+                             th_img=0.5, input_size=SIZE)
+    with pytest.raises(TrainingError, match="th_pix"):
+        build_cascade_module(resnet, exits=[first, "final"], th_pix=[], th_img=0.5,
+                             input_size=SIZE)
+    module = build_cascade_module(resnet, exits=[first, "final"], th_pix=[0.5], th_img=0.5,
+                                  input_size=SIZE)
+    taken = tmp_path / "taken.pt"
+    taken.write_text("keep me")
+    with pytest.raises(TrainingError, match="already exists"):
+        export_cascade(module, fmt="torchscript", out=taken, metadata={}, example=_images(1))
+    assert taken.read_text() == "keep me"
+    with pytest.raises(TrainingError, match="unknown export format"):
+        export_cascade(module, fmt="tflite", out=tmp_path / "x", metadata={}, example=_images(1))

@@ -1,0 +1,414 @@
+"""Deployable early-exit networks: only the kept segments, heads and decisions of a configuration.
+
+`build_cascade_module(network, config)` cuts a `MessNetwork` down to one searched configuration:
+the backbone segments up to the last kept exit (all of them when the final exit is kept), the kept
+heads with their exit decisions, and the final head. Its forward has real data-dependent control
+flow (an image that left is never run further), so `torch.jit.script` keeps the early exit and the
+saved TorchScript file runs with plain `torch` and nothing of this project.
+
+Formats (`export_cascade`):
+- ``torchscript``: one file, ``torch.jit.load(path)(images) -> (logits, exit_index)``.
+- ``state-dict``: the pruned module's state dict (``torch.load(weights_only=True)``) plus a JSON
+  sidecar ``<path>.json`` with the configuration; `load_state_dict_export` rebuilds the module
+  (needs this project installed).
+- ``onnx``: a folder with one graph per stage, head, decision and upsampling, a ``cascade.json``
+  manifest and ``run_cascade.py``, a small documented runner (numpy + onnx's reference evaluator,
+  or onnxruntime when installed) that applies the exit policy between the graphs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.errors import TrainingError
+
+FORMATS = ("torchscript", "onnx", "state-dict")
+FINAL = "final"
+
+
+class ThresholdedDecision(nn.Module):
+    """An exit's policy decision with its searched th_pix bound in: native logits -> c_img [N]."""
+
+    def __init__(self, decision: nn.Module, th_pix: float) -> None:
+        super().__init__()
+        self.decision = decision
+        self.th_pix = float(th_pix)
+
+    def forward(self, native_logits: torch.Tensor) -> torch.Tensor:
+        return self.decision(native_logits, self.th_pix)
+
+
+class Upsample(nn.Module):
+    """Native logits to the input size, exactly as the network's own upsampling."""
+
+    def __init__(self, height: int, width: int) -> None:
+        super().__init__()
+        self.height = int(height)
+        self.width = int(width)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(
+            logits, size=[self.height, self.width], mode="bilinear", align_corners=False
+        )
+
+
+class Stage(nn.Module):
+    """Backbone segments between two exits; also passes on the feature LR-ASPP's final head
+    reads (``skip``), taken after segment ``skip_at`` of this stage (-1: not in this stage)."""
+
+    def __init__(self, segments: Sequence[nn.Module], *, skip_at: int = -1) -> None:
+        super().__init__()
+        self.segments = nn.ModuleList(segments)
+        self.skip_at = int(skip_at)
+
+    def forward(
+        self, feature: torch.Tensor, skip: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        i = 0
+        for segment in self.segments:
+            feature = segment(feature)
+            if i == self.skip_at:
+                skip = feature
+            i += 1  # noqa: SIM113 - enumerate(ModuleList) does not script
+        return feature, skip
+
+
+class PlainHead(nn.Module):
+    """An exit head (or a final head) that reads only the last feature."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, feature: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.head(feature)
+
+
+class SkipHead(nn.Module):
+    """LR-ASPP's final head: reads the last feature and an earlier one."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, feature: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.head({"low": skip, "high": feature})
+
+
+class CascadeModule(nn.Module):
+    """A searched configuration as a standalone network with real early exit.
+
+    ``forward(images [N, 3, H, W]) -> (logits [N, C, H, W], exit_index [N] int64)`` where
+    ``exit_ids[exit_index[n]]`` is the exit image n left at. Stage j runs the backbone segments
+    from the previous exit to exit j; the last exit (the final head, or the last kept exit of a
+    budgeted configuration) answers every image still running.
+    """
+
+    def __init__(
+        self,
+        *,
+        stages: Sequence[Stage],
+        heads: Sequence[nn.Module],
+        decisions: Sequence[nn.Module],
+        upsample: Sequence[nn.Module],
+        th_img: float,
+        exit_ids: Sequence[str],
+        num_classes: int,
+        uses_skip: bool = False,
+    ) -> None:
+        super().__init__()
+        k = len(exit_ids)
+        if not (len(stages) == len(heads) == len(upsample) == k and len(decisions) == k - 1):
+            raise ValueError("stages/heads/upsample: need one per exit, decisions one per early exit")
+        self.early_stages = nn.ModuleList(stages[:-1])
+        self.early_heads = nn.ModuleList(heads[:-1])
+        self.decisions = nn.ModuleList(decisions)
+        self.early_upsample = nn.ModuleList(upsample[:-1])
+        self.last_stage = stages[-1]
+        self.last_head = heads[-1]
+        self.last_upsample = upsample[-1]
+        self.th_img = float(th_img)
+        self.num_classes = int(num_classes)
+        self.exit_ids = list(exit_ids)
+        self.uses_skip = bool(uses_skip)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = images.shape[0]
+        out = torch.zeros(
+            [n, self.num_classes, images.shape[2], images.shape[3]],
+            dtype=images.dtype, device=images.device,
+        )
+        exit_index = torch.full([n], len(self.exit_ids) - 1, dtype=torch.int64,
+                                device=images.device)
+        running = torch.arange(n, device=images.device)
+        feature = images
+        skip = images  # replaced by the stage that computes the skip feature, when there is one
+        j = 0
+        # zip without strict=: TorchScript does not know it (the lengths are checked in __init__).
+        for stage, head, decision, up in zip(  # noqa: B905
+            self.early_stages, self.early_heads, self.decisions, self.early_upsample
+        ):
+            feature, skip = stage(feature, skip)
+            logits = head(feature)
+            leave = decision(logits) >= self.th_img
+            if bool(leave.any()):
+                left = running[leave]
+                out[left] = up(logits[leave])
+                exit_index[left] = j
+                stay = ~leave
+                running = running[stay]
+                feature = feature[stay]
+                if self.uses_skip:
+                    skip = skip[stay]
+                if running.numel() == 0:
+                    return out, exit_index
+            j += 1  # noqa: SIM113 - enumerate(zip(ModuleList...)) does not script
+        feature, skip = self.last_stage(feature, skip)
+        out[running] = self.last_upsample(self.last_head(feature, skip))
+        return out, exit_index
+
+
+def _trace_decision(decision: nn.Module, native_shape: Sequence[int]) -> torch.jit.ScriptModule:
+    """TorchScript of a decision, by tracing (training.policy uses keyword-only arguments, which
+    torch.jit.script rejects).
+
+    The policy's one data-dependent branch (skip the median when no pixel is an edge) returns the
+    same tensor as the other branch (``where(edges, median, conf)`` with no edge is ``conf``), so
+    tracing with an example that has edges gives a graph equal to the module for every input.
+    """
+    n, c, h, w = (int(v) for v in native_shape)
+    # Two classes split down the middle: confident everywhere, with an edge.
+    example = torch.zeros(1, c, h, w)
+    example[:, 0, :, : max(1, w // 2)] = 4.0
+    example[:, min(1, c - 1), :, max(1, w // 2) :] = 4.0
+    with torch.no_grad():
+        traced = torch.jit.trace(decision, (example,), check_trace=False)
+    return traced
+
+
+def _head_module(network: nn.Module, exit_id: str) -> nn.Module:
+    return network.head(exit_id)  # TrainingError with close matches when unknown
+
+
+def _position_index_by_name(network: nn.Module, name: str) -> int:
+    for info in network.positions:
+        if info.name == name:
+            return int(info.index)
+    raise TrainingError(f"position {name!r} is not in this network")
+
+
+def _position_index(network: nn.Module, exit_id: str) -> int:
+    from training.heads import ExitSpec
+
+    try:
+        position = ExitSpec.parse(exit_id).position
+    except ValueError as exc:
+        raise TrainingError(f"exit id {exit_id!r} is not valid ({exc})") from exc
+    network.position_of(exit_id)  # TrainingError with close matches when unknown
+    return _position_index_by_name(network, position)
+
+
+def build_cascade_module(
+    network: nn.Module,
+    *,
+    exits: Sequence[str],
+    th_pix: Sequence[float],
+    th_img: float,
+    input_size: tuple[int, int],
+    edge_correction: bool = True,
+) -> CascadeModule:
+    """Cut a MessNetwork down to one configuration (shares its parameters; copy to detach).
+
+    Args:
+        network: the over-provisioned MessNetwork.
+        exits: kept early exit ids in backbone order, then ``"final"`` (or, for a budgeted
+            configuration, the last kept exit, which then answers every image).
+        th_pix: one pixel threshold per early exit (every exit but the last).
+        th_img: image threshold shared by the early exits.
+        input_size: (H, W) the logits are upsampled to.
+        edge_correction: the exit policy's semantic-edge correction (as profiled).
+
+    Returns:
+        A CascadeModule in eval mode, on the network's device.
+
+    Raises:
+        TrainingError: an exit not in the network, exits out of order, wrong threshold count.
+    """
+    from training.policy import ExitDecision
+
+    exits = list(exits)
+    if not exits:
+        raise TrainingError("a configuration needs at least one exit")
+    if FINAL in exits[:-1]:
+        raise TrainingError("the final exit can only be the last exit of a configuration")
+    if len(th_pix) != len(exits) - 1:
+        raise TrainingError(
+            f"{len(exits) - 1} early exit(s) need as many th_pix values, got {len(th_pix)}"
+        )
+    num_positions = len(network.positions)
+    ends = [num_positions if e == FINAL else _position_index(network, e) for e in exits]
+    if any(b <= a for a, b in zip(ends, ends[1:], strict=False)):
+        raise TrainingError(f"exits must be at strictly increasing positions: {exits}")
+    height, width = (int(v) for v in input_size)
+    uses_skip = exits[-1] == FINAL and network.final_skip is not None
+    skip_index = _position_index_by_name(network, network.final_skip) if uses_skip else -1
+    stages: list[Stage] = []
+    heads: list[nn.Module] = []
+    start = 0
+    for exit_id, end in zip(exits, ends, strict=True):
+        stages.append(Stage(
+            [network.segments[i] for i in range(start, end + 1)],
+            skip_at=skip_index - start if start <= skip_index <= end else -1,
+        ))
+        head = _head_module(network, exit_id) if exit_id != FINAL else network.final_head
+        heads.append(head)
+        start = end + 1
+    heads[-1] = SkipHead(heads[-1]) if uses_skip else PlainHead(heads[-1])
+    decisions = [
+        ThresholdedDecision(ExitDecision(edge_correction=edge_correction), t) for t in th_pix
+    ]
+    module = CascadeModule(
+        stages=stages, heads=heads, decisions=decisions,
+        upsample=[Upsample(height, width) for _ in exits], th_img=th_img,
+        exit_ids=exits, num_classes=int(network.num_classes), uses_skip=uses_skip,
+    )
+    return module.eval()
+
+
+def scriptable(module: CascadeModule, native_shapes: Sequence[Sequence[int]]) -> CascadeModule:
+    """A copy whose decisions are traced, so that torch.jit.script accepts the whole cascade."""
+    clone = copy.deepcopy(module)
+    clone.decisions = nn.ModuleList(
+        _trace_decision(d, shape) for d, shape in zip(clone.decisions, native_shapes, strict=True)
+    )
+    return clone
+
+
+def native_shapes(module: CascadeModule, example: torch.Tensor) -> list[tuple[int, ...]]:
+    """Native logits shape of every exit for ``example`` (one image), early exits then last."""
+    shapes = []
+    feature, skip = example, example
+    with torch.no_grad():
+        for stage, head in zip(module.early_stages, module.early_heads, strict=True):
+            feature, skip = stage(feature, skip)
+            shapes.append(tuple(head(feature).shape))
+        feature, skip = module.last_stage(feature, skip)
+        shapes.append(tuple(module.last_head(feature, skip).shape))
+    return shapes
+
+
+def script_cascade(module: CascadeModule, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """TorchScript of the cascade with its data-dependent exits kept as real control flow.
+
+    Raises:
+        TrainingError: when a component cannot be compiled.
+    """
+    shapes = native_shapes(module, example)
+    try:
+        return torch.jit.script(scriptable(module, shapes[:-1]))
+    except (RuntimeError, torch.jit.frontend.NotSupportedError) as exc:  # type: ignore[attr-defined]
+        first = str(exc).strip().splitlines()[0]
+        raise TrainingError(f"TorchScript cannot compile this configuration ({first})") from exc
+
+
+def export_cascade(
+    module: CascadeModule,
+    *,
+    fmt: str,
+    out: str | Path,
+    metadata: dict[str, Any],
+    example: torch.Tensor,
+) -> list[Path]:
+    """Write a configuration in one format; nothing is left behind when it fails.
+
+    Args:
+        module: from build_cascade_module, in eval mode.
+        fmt: one of FORMATS.
+        out: file (torchscript, state-dict) or folder (onnx) to create.
+        metadata: the configuration and its provenance (run, candidate, model sha256, exits,
+            thresholds, input size); written as JSON next to the weights.
+        example: one input image [1, 3, H, W] (shapes for tracing and ONNX).
+
+    Returns:
+        The files written.
+
+    Raises:
+        TrainingError: an unknown format, an existing output, or a failed export.
+    """
+    if fmt not in FORMATS:
+        raise TrainingError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.exists():
+        raise TrainingError(f"{out} already exists; choose another --out or remove it")
+    if not out.parent.exists():
+        raise TrainingError(f"folder {out.parent} does not exist; create it first")
+    meta = {**metadata, "format": fmt, "exit_ids": list(module.exit_ids),
+            "th_img": module.th_img, "num_classes": module.num_classes,
+            "th_pix": [float(d.th_pix) for d in module.decisions],
+            "input_size": [int(example.shape[2]), int(example.shape[3])]}
+    # Build in a temporary folder beside the target, then move: no half-written export.
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        staged = Path(tmp) / out.name
+        if fmt == "torchscript":
+            torch.jit.save(script_cascade(module, example), str(staged))
+            extra = [_write_json(staged, meta)]
+        elif fmt == "state-dict":
+            torch.save(module.state_dict(), staged)
+            extra = [_write_json(staged, meta)]
+        else:
+            from training._onnx_export import export_onnx
+
+            staged.mkdir()
+            export_onnx(module, staged, meta=meta, example=example)
+            extra = []
+        written = [staged, *extra]
+        final = [out.parent / p.name for p in written]
+        for dst in final:
+            if dst.exists():
+                raise TrainingError(f"{dst} already exists; choose another --out or remove it")
+        for src, dst in zip(written, final, strict=True):
+            shutil.move(str(src), str(dst))
+    return final
+
+
+def _write_json(path: Path, meta: dict[str, Any]) -> Path:
+    side = path.with_name(path.name + ".json")
+    side.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return side
+
+
+def load_state_dict_export(path: str | Path, network: nn.Module) -> CascadeModule:
+    """Rebuild a ``state-dict`` export on top of a network of the same architecture.
+
+    The sidecar JSON names the exits and thresholds; the weights come from the export (so a
+    network built with random weights is enough). Needs this project installed.
+
+    Raises:
+        TrainingError: a missing sidecar or weights that do not fit.
+    """
+    path = Path(path)
+    side = path.with_name(path.name + ".json")
+    if not side.exists():
+        raise TrainingError(f"{side} is missing; a state-dict export is the weights plus it")
+    meta = json.loads(side.read_text())
+    module = build_cascade_module(
+        copy.deepcopy(network), exits=meta["exit_ids"], th_pix=meta["th_pix"],
+        th_img=meta["th_img"], input_size=tuple(meta["input_size"]),
+        edge_correction=bool(meta.get("edge_correction", True)),
+    )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise TrainingError(f"{path} does not fit this network ({str(exc).splitlines()[0]})") from exc
+    return module.eval()
