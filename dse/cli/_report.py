@@ -34,7 +34,7 @@ def report_command(
     json_output: JsonOption = False,
 ) -> None:
     """Write an interactive HTML Pareto report of one or more search runs (works offline)."""
-    from db import open_store, session_scope
+    from db.session import open_store, session_scope
     from dse.report import check_output_path, write_report
 
     run_ids = parse_run_ids(runs)
