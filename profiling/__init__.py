@@ -1,1 +1,41 @@
-"""profiling package."""
+"""Profilers: the accuracy pass (device-independent) and the latency pass (per device).
+
+Names are re-exported lazily, so `import profiling.errors` (what the CLI does to map errors)
+stays free of torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AccuracyResult": "profiling.accuracy",
+    "AccuracySettings": "profiling.accuracy",
+    "profile_accuracy": "profiling.accuracy",
+    "PathCheck": "profiling.closed_loop",
+    "class_counts": "profiling.counts",
+    "miou_from_counts": "profiling.counts",
+    "device_fingerprint": "profiling.device",
+    "resolve_device": "profiling.device",
+    "resolve_dtype": "profiling.device",
+    "ProfilingError": "profiling.errors",
+    "confidence_edges": "profiling.histogram",
+    "confidence_histograms": "profiling.histogram",
+    "share_at_least": "profiling.histogram",
+    "LatencyResult": "profiling.latency",
+    "LatencySettings": "profiling.latency",
+    "profile_latency": "profiling.latency",
+    "LatencyStats": "profiling.timing",
+    "TimingSettings": "profiling.timing",
+    "time_callable": "profiling.timing",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'profiling' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

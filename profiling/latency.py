@@ -78,14 +78,21 @@ def component_key(kind: str, name: str) -> str:
 
 def check_input_size(network: MessNetwork, input_size: tuple[int, int], device: torch.device,
                      dtype: torch.dtype = torch.float32) -> None:
-    """Run one tiny forward at `input_size`; refuse sizes the backbone cannot take.
+    """Refuse input sizes the backbone cannot take: smaller than its deepest stride, or failing.
+
+    Padding lets most backbones run on tiny inputs, but below the deepest stride the last
+    features are padding only and their timings mean nothing.
 
     Raises:
-        ProfilingError: when the forward fails (too small for the strides, for instance).
+        ProfilingError: naming the smallest size that works.
     """
     h, w = input_size
-    if h < 1 or w < 1:
-        raise ProfilingError(f"input size {h}x{w} is empty; give --input-size HxW")
+    stride = max((p.stride for p in network.positions), default=1)
+    if h < stride or w < stride:
+        raise ProfilingError(
+            f"the network cannot take input size {h}x{w}: its deepest stride is {stride}; "
+            f"use --input-size of at least {stride}x{stride}"
+        )
     x = torch.zeros(1, 3, h, w, device=device, dtype=dtype)
     try:
         with torch.inference_mode():
@@ -93,7 +100,7 @@ def check_input_size(network: MessNetwork, input_size: tuple[int, int], device: 
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ProfilingError(
-            f"the network cannot take input size {h}x{w} ({first}); try a larger --input-size"
+            f"the network cannot take input size {h}x{w} ({first}); try another --input-size"
         ) from exc
 
 
