@@ -41,7 +41,7 @@ def weights_sha256(network: nn.Module) -> str:
     for key, tensor in network.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
@@ -116,6 +116,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         payload = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():
+            raise TrainingError(f"checkpoint {source} is not a readable torch file") from exc
         raise TrainingError(
             f"checkpoint {source} holds objects other than tensors and plain data; refusing to "
             "unpickle it (only checkpoints written by `dse train` load)"

@@ -1,0 +1,230 @@
+"""`dse train`: two-stage MESS training (and its ablations) with a progress bar per epoch."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from dse.cli._app import JsonOption, app, console, err_console
+from dse.errors import DseError
+
+if TYPE_CHECKING:
+    from training.train import EpochRecord
+
+STAGE_HELP = (
+    "1: exit-aware backbone; 2: every candidate head on the frozen backbone (CE + positive-filtering "
+    "distillation); both: 1 then 2. Ablations: ic-only, end-to-end, final-only."
+)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'HxW' -> (H, W); DseError with the expected form otherwise."""
+    parts = text.lower().split("x")
+    try:
+        height, width = (int(p) for p in parts)
+    except ValueError:
+        raise DseError(f"--input-size must be HxW such as 180x240, got {text!r}") from None
+    if height < 8 or width < 8:
+        raise DseError(f"--input-size {text} is too small; use at least 8x8")
+    return height, width
+
+
+def _split_list(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    return items or None
+
+
+class _RichProgress:
+    """TrainProgress for humans: one bar per epoch with loss and ETA, a line per finished epoch."""
+
+    def __init__(self, *, json_lines: bool) -> None:
+        self.json_lines = json_lines
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self.task: Any = None
+        self._loss_sum = 0.0
+        self._count = 0
+
+    def __enter__(self) -> _RichProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def epoch_started(self, mode: str, epoch: int, epochs: int, batches: int) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+        self._loss_sum, self._count = 0.0, 0
+        self.task = self.bar.add_task(f"{mode} epoch {epoch}/{epochs}", total=batches, loss=0.0)
+
+    def batch_done(self, loss: float) -> None:
+        self._loss_sum += loss
+        self._count += 1
+        self.bar.update(self.task, advance=1, loss=self._loss_sum / self._count)
+
+    def epoch_done(self, record: EpochRecord) -> None:
+        if self.json_lines:
+            typer.echo(json.dumps(_record_json(record), sort_keys=True))
+            return
+        final = record.val_miou.get("final")
+        early = [v for k, v in record.val_miou.items() if k != "final"]
+        parts = [f"{record.mode} epoch {record.epoch}", f"loss {record.train_loss:.4f}"]
+        if final is not None:
+            parts.append(f"val mIoU final {100 * final:.1f}")
+        if early:
+            parts.append(f"exits {100 * min(early):.1f}-{100 * max(early):.1f}")
+        parts.append(f"{record.seconds:.0f} s")
+        self.bar.console.print(", ".join(parts), highlight=False)
+
+
+def _record_json(record: EpochRecord) -> dict[str, Any]:
+    return {
+        "event": "epoch",
+        "mode": record.mode,
+        "epoch": record.epoch,
+        "train_loss": record.train_loss,
+        "seconds": record.seconds,
+        "val_miou": record.val_miou,
+    }
+
+
+@app.command("train")
+def train_command(
+    arch: Annotated[str, typer.Option("--arch", help="Architecture (see `dse inspect`).")],
+    out: Annotated[str, typer.Option("--out", help="Checkpoint file to write.")],
+    data: Annotated[
+        str, typer.Option("--data", help="synthetic, camvid, voc or cityscapes.")
+    ] = "synthetic",
+    data_root: Annotated[str | None, typer.Option("--data-root", help="Dataset folder.")] = None,
+    stage: Annotated[str, typer.Option("--stage", help=STAGE_HELP)] = "both",
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per stage (the most).")] = 10,
+    time_budget: Annotated[
+        float | None,
+        typer.Option("--time-budget", help="Minutes for all stages; stops at an epoch boundary."),
+    ] = None,
+    input_size: Annotated[str, typer.Option("--input-size", help="HxW.")] = "64x64",
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue --out from its last epoch.")
+    ] = False,
+    init: Annotated[
+        str | None,
+        typer.Option("--init", help="Start from this checkpoint (e.g. stage 1 for --stage 2)."),
+    ] = None,
+    head_space: Annotated[
+        str | None,
+        typer.Option("--head-space", help="Comma-separated head ids (default: 20 heads)."),
+    ] = None,
+    positions: Annotated[
+        str | None, typer.Option("--positions", help="Comma-separated block names or globs.")
+    ] = None,
+    exits: Annotated[
+        str | None, typer.Option("--exits", help="Train only these candidate exit ids.")
+    ] = None,
+    pretrained_backbone: Annotated[
+        bool, typer.Option("--pretrained-backbone/--scratch", help="ImageNet backbone weights.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    lr: Annotated[float, typer.Option("--lr")] = 0.01,
+    optimizer: Annotated[
+        str, typer.Option("--optimizer", help="sgd (poly) or adamw (poly).")
+    ] = "sgd",
+    alpha: Annotated[float, typer.Option("--alpha", help="Distillation weight (stage 2).")] = 1.0,
+    temperature: Annotated[float, typer.Option("--temperature", help="Distillation T.")] = 1.0,
+    early_weight: Annotated[
+        float, typer.Option("--early-weight", help="Stage-1 early exit weight.")
+    ] = 1.0,
+    class_weighting: Annotated[
+        str, typer.Option("--class-weighting", help="none, enet (1/ln(1.02+p)) or median.")
+    ] = "none",
+    stage1_share: Annotated[
+        float, typer.Option("--stage1-share", help="Budget share of stage 1.")
+    ] = 0.5,
+    train_size: Annotated[
+        int | None, typer.Option("--train-size", help="Use N training samples.")
+    ] = None,
+    val_size: Annotated[
+        int | None, typer.Option("--val-size", help="Use N validation samples.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Train an over-provisioned MESS network (stage 1, stage 2 or both) into one checkpoint."""
+    from training.errors import TrainingError
+    from training.runner import TrainRequest, run_training
+    from training.train import TrainConfig
+
+    size = parse_size(input_size)
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise DseError(f"--device must be cpu or cuda, got {device!r}")
+    if time_budget is not None and time_budget <= 0:
+        raise DseError(f"--time-budget must be > 0 minutes, got {time_budget}")
+    try:
+        base = TrainConfig(
+            mode="stage1", epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+            alpha=alpha, temperature=temperature, early_weight=early_weight,
+            class_weighting=class_weighting, exits=_split_list(exits), seed=seed,
+            device=device, threads=threads,
+        )  # fmt: skip
+        request = TrainRequest(
+            arch=arch, data=data, data_root=data_root, out=out, stage=stage, input_size=size,
+            base=base, time_budget_s=None if time_budget is None else time_budget * 60.0,
+            stage1_share=stage1_share, resume=resume, init=init,
+            head_space=_split_list(head_space), positions=_split_list(positions),
+            pretrained_backbone=pretrained_backbone, train_size=train_size, val_size=val_size,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+    with _RichProgress(json_lines=json_output) as progress:
+        outcome = run_training(request, progress=progress)
+    _summary(outcome, json_output=json_output)
+
+
+def _summary(outcome: Any, *, json_output: bool) -> None:
+    last = {mode: records[-1] for mode, records in outcome.history.items() if records}
+    if json_output:
+        typer.echo(
+            json.dumps(
+                {
+                    "event": "done",
+                    "checkpoint": outcome.out,
+                    "skipped": list(outcome.skipped),
+                    "val_miou": {m: r.val_miou for m, r in last.items()},
+                },
+                sort_keys=True,
+            )
+        )
+        return
+    if not last:
+        console.print(f"nothing to do: {outcome.out} already finished {', '.join(outcome.skipped)}")
+        return
+    for mode, record in last.items():
+        table = Table("exit", "val mIoU %", title=f"{mode}: after epoch {record.epoch}")
+        for exit_id, miou in record.val_miou.items():
+            table.add_row(exit_id, f"{100 * miou:.2f}")
+        console.print(table)
+    console.print(f"checkpoint: {outcome.out}")
