@@ -20,8 +20,16 @@ def _emit(obj: dict[str, Any]) -> None:
     typer.echo(json.dumps(obj, sort_keys=True, default=str))
 
 
+ModelArg = Annotated[
+    str | None, typer.Argument(help="Show only this model: id, name or weights-hash prefix.")
+]
+DeviceArg = Annotated[str | None, typer.Argument(help="Show only this device (by name).")]
+
+
 @app.command("models")
-def models_command(db: DbOption = DEFAULT_DB, json_output: JsonOption = False) -> None:
+def models_command(
+    model: ModelArg = None, db: DbOption = DEFAULT_DB, json_output: JsonOption = False
+) -> None:
     """List the stored models with their exits and accuracy profiles."""
     from db import open_store, session_scope
     from db import repository as repo
@@ -30,7 +38,8 @@ def models_command(db: DbOption = DEFAULT_DB, json_output: JsonOption = False) -
     try:
         with session_scope(engine, readonly=True) as s:
             rows: list[dict[str, Any]] = []
-            for m in repo.list_models(s):
+            chosen = [repo.get_model(s, model)] if model is not None else repo.list_models(s)
+            for m in chosen:
                 profiles = repo.find_accuracy_profiles(s, m.id)
                 rows.append(
                     {
@@ -61,7 +70,9 @@ def models_command(db: DbOption = DEFAULT_DB, json_output: JsonOption = False) -
 
 
 @app.command("devices")
-def devices_command(db: DbOption = DEFAULT_DB, json_output: JsonOption = False) -> None:
+def devices_command(
+    device: DeviceArg = None, db: DbOption = DEFAULT_DB, json_output: JsonOption = False
+) -> None:
     """List the known devices with their fingerprints."""
     from db import open_store, session_scope
     from db import repository as repo
@@ -69,13 +80,18 @@ def devices_command(db: DbOption = DEFAULT_DB, json_output: JsonOption = False) 
     engine = open_store(db)
     try:
         with session_scope(engine, readonly=True) as s:
+            if device is not None:
+                named = [d for d in repo.list_devices(s) if d.name == device]
+                chosen = named or [repo.get_device(s, device)]  # get_device explains a miss
+            else:
+                chosen = repo.list_devices(s)
             rows: list[dict[str, Any]] = [
                 {
                     "id": d.id, "name": d.name, "fingerprint": d.fingerprint,
                     "fingerprint_sha256": d.fingerprint_sha256,
                     "created": d.created.strftime("%Y-%m-%d %H:%M"),
                 }
-                for d in repo.list_devices(s)
+                for d in chosen
             ]
     finally:
         engine.dispose()
@@ -116,10 +132,10 @@ def info_command(db: DbOption = DEFAULT_DB, json_output: JsonOption = False) -> 
     if json_output:
         _emit(info)
         return
-    console.print(f"store    {info['url']}", markup=False, highlight=False)
+    console.print(f"store    {info['url']}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"schema   {revision} (this mess-dse writes {head_revision()})", highlight=False)
-    console.print(f"models   {', '.join(models) or '-'}", markup=False, highlight=False)
-    console.print(f"devices  {', '.join(devices) or '-'}", markup=False, highlight=False)
+    console.print(f"models   {', '.join(models) or '-'}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"devices  {', '.join(devices) or '-'}", markup=False, highlight=False, soft_wrap=True)
     table = Table("table", "rows")
     for name, n in counts.items():
         table.add_row(name, str(n))
@@ -135,11 +151,14 @@ def upgrade_command(db: DbOption = DEFAULT_DB, json_output: JsonOption = False) 
     if json_output:
         _emit({"url": display_url(db), "from": before, "to": after})
     elif before == after:
-        console.print(f"{display_url(db)} is already at schema {after}", highlight=False)
+        console.print(
+            f"{display_url(db)} is already at schema {after}", markup=False, highlight=False,
+            soft_wrap=True,
+        )
     else:
         console.print(
             f"{display_url(db)}: schema {before or 'empty'} -> {after}", markup=False,
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
 
 
@@ -169,8 +188,8 @@ def merge_command(
         )
     console.print(table)
     for conflict in report.conflicts:
-        console.print(f"conflict (kept this store's row): {conflict}", markup=False, highlight=False)
+        console.print(f"conflict (kept this store's row): {conflict}", markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"merged {sum(report.copied.values())} rows, skipped {sum(report.skipped.values())} "
-        f"identical, {len(report.conflicts)} conflicts", highlight=False,
+        f"identical, {len(report.conflicts)} conflicts", highlight=False, soft_wrap=True,
     )
