@@ -153,8 +153,9 @@ def _check_costs(values: Sequence[float], name: str) -> None:
         raise ValueError(f"{name} must be finite and >= 0")
 
 
-def accuracy_from_records(arrays, exits) -> AccuracyData:  # type: ignore[no-untyped-def]
-    """Build `AccuracyData` from `db` records: `AccuracyArrays` and the model's `ExitRecord`s.
+def accuracy_from_records(arrays, exits, position_names: Sequence[str]) -> AccuracyData:  # type: ignore[no-untyped-def]
+    """Build `AccuracyData` from `db` records: `AccuracyArrays`, the model's `ExitRecord`s and
+    the backbone's position names in order (the model's architecture "positions").
 
     Raises:
         DseError: when the profile lacks the final exit or an exit has no stored position.
@@ -170,32 +171,26 @@ def accuracy_from_records(arrays, exits) -> AccuracyData:  # type: ignore[no-unt
         raise DseError(f"exits {unknown[:3]} of the accuracy profile are not stored for the model")
     order = sorted(early, key=lambda e: (position_of[e], e))
     rows = [ids.index(e) for e in order] + [ids.index(FINAL_EXIT)]
-    early_rows = rows[:-1]
-    num_positions = 1 + max((r.position_index for r in exits if r.exit_id != FINAL_EXIT),
-                            default=-1)
     return AccuracyData(
         exit_ids=tuple(order),
         position_index=tuple(position_of[e] for e in order),
-        num_positions=max(num_positions, 1),
+        num_positions=len(position_names),
         edges=np.asarray(arrays.edges, dtype=np.float64),
         tp=np.asarray(arrays.tp)[rows],
         fp=np.asarray(arrays.fp)[rows],
         fn=np.asarray(arrays.fn)[rows],
-        hist=np.asarray(arrays.hist)[early_rows],
+        hist=np.asarray(arrays.hist)[rows[:-1]],
     )
 
 
-def cost_from_records(latency, exits, *, num_positions: int) -> CostData:  # type: ignore[no-untyped-def]
-    """Build `CostData` from `LatencyRecord`s of one (model, device, input shape).
-
-    Segments are matched to positions through the exits' `position`/`position_index`.
+def cost_from_records(latency, position_names: Sequence[str]) -> CostData:  # type: ignore[no-untyped-def]
+    """Build `CostData` from the `LatencyRecord`s of one (model, device, input shape).
 
     Raises:
         DseError: naming what is missing, and the `dse profile` run that measures it.
     """
-    index_of = {r.position: int(r.position_index) for r in exits if r.exit_id != FINAL_EXIT}
-    seg_ms: list[float | None] = [None] * (num_positions + 1)
-    seg_gf: list[float] = [0.0] * (num_positions + 1)
+    names = [*position_names, TAIL_SEGMENT]
+    seg: dict[str, tuple[float, float]] = {}
     head_ms: dict[str, float] = {}
     head_gf: dict[str, float] = {}
     dec_ms: dict[str, float] = {}
@@ -203,28 +198,21 @@ def cost_from_records(latency, exits, *, num_positions: int) -> CostData:  # typ
     final: tuple[float, float] | None = None
     for row in latency:
         if row.kind == "segment":
-            i = num_positions if row.name == TAIL_SEGMENT else index_of.get(row.name)
-            if i is None or i > num_positions:
-                continue  # a position without candidate exits: folded into the next segment below
-            seg_ms[i], seg_gf[i] = float(row.mean_ms), float(row.gflops)
+            seg[row.name] = (float(row.mean_ms), float(row.gflops))
         elif row.kind == "head":
             head_ms[row.name], head_gf[row.name] = float(row.mean_ms), float(row.gflops)
         elif row.kind == "decision":
             dec_ms[row.name], dec_gf[row.name] = float(row.mean_ms), float(row.gflops)
         elif row.kind == "final":
             final = (float(row.mean_ms), float(row.gflops))
-    missing = [("tail" if i == num_positions else f"segment {i}") for i, v in enumerate(seg_ms)
-               if v is None]
-    if missing or final is None:
-        what = ", ".join(missing + ([] if final is not None else ["final head"]))
-        raise DseError(f"latency profile incomplete ({what}); re-run `dse profile --latency`")
+    missing = [n for n in names if n not in seg] + ([] if final is not None else ["final head"])
+    if missing:
+        raise DseError(f"latency profile incomplete (no timing of {', '.join(missing[:3])}); "
+                       "re-run `dse profile --latency` for this device")
+    assert final is not None
     return CostData(
-        segment_ms=tuple(float(v) for v in seg_ms if v is not None),
-        segment_gflops=tuple(seg_gf),
-        head_ms=head_ms,
-        head_gflops=head_gf,
-        decision_ms=dec_ms,
-        decision_gflops=dec_gf,
-        final_ms=final[0],
-        final_gflops=final[1],
+        segment_ms=tuple(seg[n][0] for n in names),
+        segment_gflops=tuple(seg[n][1] for n in names),
+        head_ms=head_ms, head_gflops=head_gf, decision_ms=dec_ms, decision_gflops=dec_gf,
+        final_ms=final[0], final_gflops=final[1],
     )
