@@ -2,6 +2,7 @@
 
 from dse.cli import (
     _db,  # noqa: F401
+    _pareto,  # noqa: F401
     _report,  # noqa: F401
     _train,  # noqa: F401
 )
