@@ -2,7 +2,10 @@
 
 from dse.cli import (
     _db,  # noqa: F401
+    _deploy,  # noqa: F401
+    _inspect,  # noqa: F401
     _pareto,  # noqa: F401
+    _profile,  # noqa: F401
     _report,  # noqa: F401
     _train,  # noqa: F401
 )

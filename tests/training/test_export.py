@@ -185,3 +185,65 @@ def test_bad_configurations_and_outputs_are_refused(resnet, tmp_path) -> None:
     assert taken.read_text() == "keep me"
     with pytest.raises(TrainingError, match="unknown export format"):
         export_cascade(module, fmt="tflite", out=tmp_path / "x", metadata={}, example=_images(1))
+
+
+def _straddling_th_img(values: list[float]) -> float:
+    """A th_img halfway between two distinct c_img values: no image sits on the threshold."""
+    distinct = sorted(set(values))
+    mid = len(distinct) // 2
+    return (distinct[mid - 1] + distinct[mid]) / 2
+
+
+@pytest.mark.slow
+def test_onnx_graphs_and_runner_equal_the_cascade(resnet, tmp_path) -> None:
+    import importlib.util
+
+    pytest.importorskip("onnx")
+    x = _images()
+    exits = list(resnet.exit_ids[:2])
+    th_pix = [0.405, 0.405]  # not a value any pixel holds exactly (ties differ by one ulp)
+    with torch.no_grad():
+        c_img = ExitDecision()(resnet.forward_native(x)[exits[0]], th_pix[0]).tolist()
+    th_img = _straddling_th_img(c_img)
+    module = build_cascade_module(resnet, exits=[*exits, "final"], th_pix=th_pix, th_img=th_img,
+                                  input_size=SIZE)
+    out = tmp_path / "onnx"
+    export_cascade(module, fmt="onnx", out=out, metadata={"run": 3}, example=x[:1])
+    names = sorted(p.name for p in out.iterdir())
+    assert "run_cascade.py" in names and "cascade.json" in names
+    assert {"stage_0.onnx", "head_0.onnx", "decision_0.onnx", "upsample_2.onnx"} <= set(names)
+    spec = importlib.util.spec_from_file_location("run_cascade", out / "run_cascade.py")
+    assert spec is not None and spec.loader is not None
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)  # plain numpy + onnx: nothing of this project
+    cascade = runner.Cascade(out)
+    ref = _reference(resnet, x, exits, th_pix, th_img)
+    assert len(set(ref.exit_ids)) > 1
+    for n in range(x.shape[0]):
+        logits, exit_id = cascade(x[n : n + 1].numpy())
+        assert exit_id == ref.exit_ids[n]
+        torch.testing.assert_close(torch.from_numpy(logits), ref.logits[n : n + 1],
+                                   rtol=0, atol=1e-4)
+
+
+def test_onnx_decision_equals_the_policy_on_real_logits(resnet) -> None:
+    from training._onnx_export import OnnxDecision
+
+    with torch.no_grad():
+        for exit_id in resnet.exit_ids:
+            logits = resnet.forward_native(_images())[exit_id]
+            for width in (0, 1):
+                policy = ExitDecision(edge_width=width)
+                onnx_form = OnnxDecision(th_pix=0.41, edge_correction=True, edge_width=width,
+                                         window=policy.window)
+                assert torch.equal(onnx_form(logits), policy(logits, 0.41))
+
+
+def test_missing_onnx_package_names_the_install(monkeypatch) -> None:
+    import sys
+
+    from training._onnx_export import check_onnx_available
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    with pytest.raises(TrainingError, match="pip install onnx"):
+        check_onnx_available()
