@@ -40,7 +40,7 @@ class PathCheck:
 
     @property
     def name(self) -> str:
-        return f"{'>'.join(self.exits) or '-'}=>{self.taken}"
+        return self.taken if self.exits else "final (no early exit)"
 
 
 def choose_paths(network: MessNetwork, head_gflops: dict[str, float], *, max_paths: int = 4
