@@ -154,6 +154,7 @@ class _UnitState:
             "miou": (iou.sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)).ravel(),
             "latency": out[..., 2 * c + 1].ravel() / s,
             "gflops": out[..., 2 * c + 2].ravel() / s,
+            "early": out[..., 2 * c].ravel(),  # images answered by an early exit
         }
         n = values["miou"].size
         self.n_evaluated += n
