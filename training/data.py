@@ -10,6 +10,7 @@ deterministic in (seed, epoch, index), so a resumed run sees exactly the batches
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 
 import torch
@@ -144,7 +145,7 @@ def augment_pair(
 def build_dataset(
     name: str,
     *,
-    root: str | None = None,
+    root: str | os.PathLike[str] | None = None,
     split: str,
     input_size: tuple[int, int] = (64, 64),
     augment: bool = False,
@@ -184,7 +185,7 @@ def build_dataset(
             "cityscapes": _folders.Cityscapes,
         }[name]
         return builder(
-            root=root, split=split, input_size=input_size, augment=augment, seed=seed, size=size
+            root=str(root), split=split, input_size=input_size, augment=augment, seed=seed, size=size
         )
     raise TrainingError(f"unknown dataset '{name}'; choose one of {', '.join(DATASET_NAMES)}")
 
