@@ -62,15 +62,19 @@ def front_figure(data: FrontFigureData) -> go.Figure:
     for region in data.regions:
         fig.add_shape(type="rect", x0=region.x0, x1=region.x1, y0=region.y0, y1=region.y1,
                       fillcolor="rgba(201, 42, 42, 0.08)", line=dict(width=0), layer="below")
-        fig.add_annotation(x=region.x1, y=region.y0, xanchor="right", yanchor="bottom",
-                           text=esc(region.label), showarrow=False,
-                           font=dict(size=11, color="#a61e1e"))
-    for series in reversed(data.series):  # front 1 drawn last, on top
+        # A latency budget is labelled at its top-left corner, an mIoU floor at its bottom-left,
+        # so two labels never overlap.
+        vertical = region.y1 >= data.y_range[1]
+        fig.add_annotation(x=region.x0, y=region.y1 if vertical else region.y0, xanchor="left",
+                           yanchor="top" if vertical else "bottom", text=esc(region.label),
+                           showarrow=False, font=dict(size=11, color="#a61e1e"))
+    for series in reversed(data.series):  # front 1 drawn last, on top; listed first
         fig.add_trace(_series_trace(series))
+        fig.data[-1].legendrank = 1 + data.series.index(series)
     if data.baseline is not None:
         fig.add_trace(_points_trace(
             (data.baseline,), name="baseline (final exit only)", mode="markers+text",
-            text=["baseline"], textposition="top center",
+            text=["baseline"], textposition="top center", legendrank=100,
             marker=dict(size=15, symbol="star", color="#212529")))
     if data.verifications:
         xs: list[float | None] = []
@@ -84,7 +88,7 @@ def front_figure(data: FrontFigureData) -> go.Figure:
             x=[v.latency_ms for v in data.verifications], y=[v.miou for v in data.verifications],
             customdata=[v.candidate for v in data.verifications],
             hovertext=[v.hover for v in data.verifications], hovertemplate=HOVER,
-            mode="markers", name="measured (dse verify)",
+            mode="markers", name="measured (dse verify)", legendrank=101,
             marker=dict(size=11, symbol="diamond", color="#e67700",
                         line=dict(width=1, color="#212529"))))
     fig.update_xaxes(title_text="mean latency (ms)", range=list(data.x_range))
