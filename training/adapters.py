@@ -77,7 +77,7 @@ def _choices(name: str, valid: Sequence[str]) -> str:
     """'valid: a, b, ...' with close matches first."""
     close = difflib.get_close_matches(name, valid, n=len(valid), cutoff=0.4)
     ordered = close + [v for v in valid if v not in close]
-    shown = ordered[:12]
+    shown = ordered[:40]
     more = f", ... ({len(ordered) - len(shown)} more)" if len(ordered) > len(shown) else ""
     return f"valid: {', '.join(shown)}{more}"
 
