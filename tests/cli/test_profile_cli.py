@@ -1,0 +1,93 @@
+"""`dse profile` end to end on a tiny checkpoint, and its refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dse.cli import main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from training.adapters import build_network
+    from training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    net = build_network("fcn_resnet18", num_classes=6, head_space=["nocrm-b0-fcn"],
+                        positions=["layer1.1", "layer3.1"])
+    save_checkpoint(path, net, meta={"input_size": [32, 32], "dataset": "synthetic"})
+    return path
+
+
+FAST = ["--limit", "4", "--repeat", "2", "--warmup", "0", "--threads", "1"]
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_profile_then_rerun_measures_nothing(checkpoint, tmp_path, capsys) -> None:
+    db = str(tmp_path / "m.db")
+    args = ["profile", "--checkpoint", str(checkpoint), "--device", "laptop-cpu", "--db", db,
+            *FAST, "--json"]
+    assert main(args) == 0
+    lines = _json_lines(capsys.readouterr().out)
+    run, rows = lines[0], [x for x in lines if "exit" in x]
+    loops = [x["closed_loop"] for x in lines if "closed_loop" in x]
+    assert run["accuracy_measured_images"] == 4 and run["latency_measured"] == 8
+    assert [r["exit"] for r in rows] == ["layer1.1/nocrm-b0-fcn", "layer3.1/nocrm-b0-fcn", "final"]
+    assert all(0.0 <= r["miou"] <= 1.0 and r["gflops"] > 0 and r["p50_ms"] > 0 for r in rows)
+    assert rows[0]["gflops"] < rows[1]["gflops"] < rows[2]["gflops"]
+    assert [c["taken"] for c in loops] == ["layer1.1/nocrm-b0-fcn", "layer3.1/nocrm-b0-fcn", "final"]
+
+    assert main(args) == 0
+    again = _json_lines(capsys.readouterr().out)
+    assert again[0]["accuracy_measured_images"] == 0 and again[0]["latency_measured"] == 0
+    assert [r["miou"] for r in again if "exit" in r] == [r["miou"] for r in rows]
+
+    # another device, latency only: the stored accuracy still fills the table
+    assert main(["profile", "--checkpoint", str(checkpoint), "--device", "other", "--db", db,
+                 "--no-accuracy", *FAST, "--json"]) == 0
+    other = _json_lines(capsys.readouterr().out)
+    assert other[0]["accuracy_measured_images"] is None and other[0]["latency_measured"] == 8
+    assert [r["miou"] for r in other if "exit" in r] == [r["miou"] for r in rows]
+
+
+def _refused(args: list[str], tmp_path, capsys, match: str) -> None:
+    db = tmp_path / "never.db"
+    assert main(["profile", "--device", "x", "--db", str(db), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and match in err and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    assert not db.exists()
+
+
+def test_class_mismatch_is_refused_before_writing(tmp_path, capsys) -> None:
+    from training.adapters import build_network
+    from training.checkpoint import save_checkpoint
+
+    path = tmp_path / "four.pt"
+    net = build_network("fcn_resnet18", num_classes=4, head_space=["nocrm-b0-fcn"],
+                        positions=["layer3.1"])
+    save_checkpoint(path, net, meta={"input_size": [32, 32], "dataset": "synthetic"})
+    _refused(["--checkpoint", str(path), *FAST], tmp_path, capsys,
+             "predicts 4 classes but the data has 6")
+
+
+def test_bad_sizes_and_options_are_refused(checkpoint, tmp_path, capsys) -> None:
+    ck = ["--checkpoint", str(checkpoint), *FAST]
+    _refused([*ck, "--input-size", "4x4"], tmp_path, capsys, "cannot take input size 4x4")
+    _refused([*ck, "--input-size", "big"], tmp_path, capsys, "HxW")
+    _refused([*ck, "--no-accuracy", "--no-latency"], tmp_path, capsys, "nothing to do")
+    _refused([*ck, "--dtype", "float16"], tmp_path, capsys, "float16 needs a CUDA")
+    _refused(["--checkpoint", str(tmp_path / "missing.pt")], tmp_path, capsys, "does not exist")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA refusal")
+def test_cuda_where_there_is_none(checkpoint, tmp_path, capsys) -> None:
+    _refused(["--checkpoint", str(checkpoint), "--compute", "cuda"], tmp_path, capsys,
+             "no CUDA device")
