@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -16,9 +16,9 @@ from rich.table import Table
 from dse.cli._app import JsonOption, app, console, err_console
 from dse.errors import DseError
 
-if TYPE_CHECKING:
-    from training.flops import Component
-    from training.network import MessNetwork
+# training types (MessNetwork, Component) are not imported here: the CLI imports torch lazily.
+MessNetwork = Any
+Component = Any
 
 
 def parse_input_size(text: str) -> tuple[int, int]:
