@@ -152,3 +152,13 @@ def test_optuna_workers_join_one_study_in_the_store(store, capsys) -> None:
     assert len(study.trials) == 30
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {line["run"] for line in lines} == {1, 2}
+
+
+def test_report_is_written_for_the_stored_run(store, tmp_path, capsys) -> None:
+    url, _ = store
+    out = tmp_path / "front.html"
+    assert main(["pareto", "--device", "box", "--db", url, "--max-exits", "1",
+                 "--report", str(out)]) == 0
+    html = out.read_text()
+    assert "<html" in html.lower() and "tiny" in html and "box" in html
+    assert "report:" in capsys.readouterr().out
