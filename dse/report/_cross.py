@@ -36,7 +36,11 @@ class CrossCell:
 
 @dataclass(frozen=True, kw_only=True)
 class CrossConfig:
-    """A configuration on front 1 of at least one run; cells align with `CrossDeviceData.runs`."""
+    """A configuration on front 1 of at least one run; cells align with `CrossDeviceData.runs`.
+
+    A cell is None when that run did not store the configuration (outside its space, or on a
+    front it did not keep).
+    """
 
     label: str
     exits: tuple[str, ...]
@@ -45,7 +49,7 @@ class CrossConfig:
 
     @property
     def shared(self) -> bool:
-        """Evaluated in at least two runs (so a link can be drawn)."""
+        """Stored by at least two runs (so a link can be drawn)."""
         return sum(c is not None for c in self.cells) >= 2
 
 
@@ -84,7 +88,7 @@ def _elsewhere(config: CrossConfig, runs: Sequence[RunData], here: int) -> str:
         parts.append(f"{esc(runs[j].label)}: {ms(cell.latency_ms)}, {pct(cell.miou)}, "
                      f"front {cell.front}")
     if not parts:
-        return f"<b>{config.label}</b>: not evaluated in the other runs"
+        return f"<b>{config.label}</b>: not stored by the other runs"
     return f"<b>{config.label} elsewhere</b>: " + "; ".join(parts)
 
 

@@ -82,6 +82,8 @@ class FrontFigureData:
     verifications: tuple[VerificationPoint, ...]
     x_range: tuple[float, float]
     y_range: tuple[float, float]
+    chosen: PointData | None = None  # the candidate `dse pareto --target` picked
+    chosen_label: str = ""
 
 
 def candidate_hover(run: SearchRunRecord, cand: CandidateRecord) -> str:
@@ -212,6 +214,12 @@ def _verification_points(run: SearchRunRecord, candidates: Sequence[CandidateRec
     return out
 
 
+def chosen_candidate(run: SearchRunRecord) -> int | None:
+    """The index `dse pareto --target` stored as `constraints["chosen_candidate"]`, if any."""
+    value = run.constraints.get("chosen_candidate")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _padded(values: Sequence[float], *, low: float | None = None) -> tuple[float, float]:
     lo, hi = min(values), max(values)
     pad = 0.06 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
@@ -234,10 +242,14 @@ def front_figure_data(run: SearchRunRecord, candidates: Sequence[CandidateRecord
     x_range = _padded(xs or [0.0, 1.0], low=0.0)
     y_range = _padded(ys or [0.0, 1.0])
     title = f"{run.model_name} on {run.device_name}: latency vs mIoU (run {run.id})"
+    index = chosen_candidate(run)
+    chosen = next((p for p in points if index is not None and p.candidate == index), None)
+    target = run.constraints.get("target")
+    label = f"chosen for --target {target}" if isinstance(target, str) else "chosen"
     return FrontFigureData(
         title=title, series=tuple(series), baseline=baseline,
         regions=tuple(_regions(run, x_range, y_range)), verifications=tuple(checks),
-        x_range=x_range, y_range=y_range,
+        x_range=x_range, y_range=y_range, chosen=chosen, chosen_label=label,
     )
 
 

@@ -76,6 +76,10 @@ def front_figure(data: FrontFigureData) -> go.Figure:
             (data.baseline,), name="baseline (final exit only)", mode="markers+text",
             text=["baseline"], textposition="top center", legendrank=100,
             marker=dict(size=15, symbol="star", color="#212529")))
+    if data.chosen is not None:
+        fig.add_trace(_points_trace(
+            (data.chosen,), name=data.chosen_label, mode="markers", legendrank=99,
+            marker=dict(size=20, symbol="circle-open", color="#e67700", line=dict(width=3))))
     if data.verifications:
         xs: list[float | None] = []
         ys: list[float | None] = []

@@ -8,7 +8,7 @@ from typing import Any
 
 from db.records import CandidateRecord, SearchRunRecord, VerificationRecord
 from dse.report._cross import CrossDeviceData
-from dse.report._data import front_one
+from dse.report._data import chosen_candidate, front_one
 from dse.report._format import baseline_value, esc, exit_chain, ms, pct, thresholds
 from dse.report._model import RunData
 from dse.report._summary import SummaryRow
@@ -58,12 +58,13 @@ def front_table(run: SearchRunRecord, candidates: Sequence[CandidateRecord]) -> 
     base_miou = baseline_value(run, "miou")
     base_ms = baseline_value(run, "latency_ms")
     rows = []
+    chosen = chosen_candidate(run)
     for c in front_one(candidates):
         delta = 100.0 * (c.miou - base_miou) if base_miou is not None else None
         speed = base_ms / c.latency_ms if base_ms and c.latency_ms > 0 else None
         final_share = c.exit_rates.get("final")
         rows.append([
-            (str(c.index), str(c.index)),
+            (f"{c.index} (chosen)" if c.index == chosen else str(c.index), str(c.index)),
             (str(len(c.exits) - 1), str(len(c.exits) - 1)),
             (exit_chain(c.exits), " ".join(c.exits)),
             (esc(thresholds(c)), thresholds(c)),
@@ -136,6 +137,21 @@ def verification_table(verifications: Sequence[VerificationRecord]) -> str:
                    "measured − predicted", "when"], rows, css="verify")
 
 
+def _pairs(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in sorted(values.items()) if v is not None)
+
+
+def constraints_text(constraints: dict[str, Any]) -> str:
+    """`max_drop_pp=2, target=speed (resolved: min_miou=0.7551)`, escaped; `none` if empty."""
+    given = {k: v for k, v in constraints.items() if not isinstance(v, dict)}
+    text = _pairs(given) or "none"
+    resolved = constraints.get("resolved")
+    if isinstance(resolved, dict) and resolved:
+        text += f" (resolved: {_pairs(resolved)})"
+    return esc(text)
+
+
 def run_meta(data: RunData) -> str:
     """A definition list of what a run searched and where its numbers come from."""
     run = data.run
@@ -146,7 +162,7 @@ def run_meta(data: RunData) -> str:
         ("device", f"{esc(run.device_name)} (id {run.device_id})"),
         ("search", f"{esc(run.method)}, mode {esc(run.mode)}, objectives "
                    f"{esc(', '.join(run.objectives))}"),
-        ("constraints", esc(json.dumps(run.constraints, sort_keys=True)) or "none"),
+        ("constraints", constraints_text(run.constraints)),
         ("input shape", esc("×".join(str(v) for v in run.input_shape))),
         ("evaluated", f"{run.n_evaluated} configurations in {run.duration_s:.1f} s; "
                       f"{len(data.candidates)} stored"),
@@ -175,7 +191,7 @@ def cross_table(data: CrossDeviceData) -> str:
                            (esc(cfg.thresholds), cfg.thresholds)]
         for cell in cfg.cells:
             if cell is None:
-                row += [("not evaluated", ""), NA, NA]
+                row += [("not stored", ""), NA, NA]
             else:
                 front = f"{cell.front}" + ("" if cell.feasible else " (infeasible)")
                 row += [_num(cell.latency_ms, ms(cell.latency_ms)),

@@ -198,3 +198,13 @@ def test_records_must_belong_to_their_run() -> None:
         ReportData(runs=(run, run))
     with pytest.raises(ValueError, match="runs"):
         ReportData(runs=())
+
+
+def test_the_candidate_chosen_by_target_is_marked() -> None:
+    run = make_run(constraints={"target": "speed", "chosen_candidate": 1})
+    data = front_figure_data(run, records())
+    assert data.chosen is not None and data.chosen.candidate == 1
+    assert data.chosen_label == "chosen for --target speed"
+    assert front_figure_data(make_run(), records()).chosen is None
+    odd = make_run(constraints={"chosen_candidate": True})  # not an index
+    assert front_figure_data(odd, records()).chosen is None

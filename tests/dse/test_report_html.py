@@ -151,3 +151,16 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert os.listdir(tmp_path) == []
+
+
+def test_constraints_and_chosen_candidate_on_the_page() -> None:
+    run = make_run(1, constraints={"max_drop_pp": 2.0, "max_latency_ms": None,
+                                   "target": "speed", "chosen_candidate": 1,
+                                   "resolved": {"min_miou": 0.58}})
+    page = _page(RunData(run=run, candidates=tuple(records(1))))
+    assert ("chosen_candidate=1, max_drop_pp=2, target=speed (resolved: min_miou=0.58)"
+            in page)
+    assert "max_latency_ms" not in page.split("<dt>constraints</dt>")[1].split("</dd>")[0]
+    front = page.split('class="sortable front"')[1].split("</table>")[0]
+    assert '<td data-sort="1">1 (chosen)</td>' in front
+    assert "chosen for --target speed" in page
