@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -154,10 +154,23 @@ def current_revision(engine: Engine) -> str | None:
         return ctx.get_current_revision()
 
 
+# Any constant: PostgreSQL processes that create or upgrade one store take turns on it.
+_PG_MIGRATION_LOCK = 0x6D657373
+
+
 def _migrate(engine: Engine) -> None:
+    """Run the migrations; safe when several processes create the same new store at once.
+
+    SQLite serialises them through `BEGIN IMMEDIATE`, PostgreSQL through an advisory lock. Either
+    way Alembic reads the version table only once it holds the lock, so latecomers find the
+    schema current and do nothing.
+    """
     from alembic import command
 
     with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.begin()
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
         command.upgrade(_alembic_config(conn), "head")
         conn.commit()
 

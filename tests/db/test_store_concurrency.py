@@ -1,4 +1,8 @@
-"""Four processes writing to one SQLite store at once: every row arrives, nothing is locked out."""
+"""Four processes writing to one store at once: every row arrives, nothing is locked out.
+
+On SQLite this is the "database is locked" test; on PostgreSQL it checks that racing creators of
+a new store and racing upserts of the same model/device rows all succeed.
+"""
 
 from __future__ import annotations
 
@@ -40,8 +44,8 @@ def _worker(url: str, worker: int, queue) -> None:  # noqa: ANN001 - mp.Queue
 
 
 @pytest.mark.slow
-def test_four_writers_on_one_sqlite_file(tmp_path) -> None:
-    url = str(tmp_path / "shared.db")
+def test_four_writers_on_one_store(store_url: str) -> None:
+    url = store_url
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(url, w, queue)) for w in range(WORKERS)]
