@@ -24,7 +24,7 @@ from training._resnet import large_resnet, small_resnet
 from training.errors import TrainingError
 from training.heads import HeadSpec, PositionInfo, default_head_space, parse_head_space
 from training.network import MessNetwork
-from training.weights import load_weights
+from training.weights import load_weights, read_state_dict
 
 SHAPE_PASS_SIZE = 64  # input side of the shape pass that finds channels and strides
 
@@ -195,5 +195,41 @@ def build_network(
         )
     network.key_map = key_map
     if weights is not None and not pretrained:
-        load_weights(network, Path(weights), rename=parts.rename, ignored=parts.ignored_prefixes)
+        try:
+            load_weights(network, Path(weights), rename=parts.rename, ignored=parts.ignored_prefixes)
+        except TrainingError as exc:
+            guess = guess_architecture(Path(weights))
+            if guess is None or guess == arch:
+                raise
+            raise TrainingError(f"{exc}; the file looks like a {guess} network: pass that architecture") from exc
     return network
+
+
+def _signature(state: dict[str, torch.Tensor]) -> tuple[tuple[tuple[int, ...], ...], frozenset[str]]:
+    """Backbone tensor shapes in order and the final head's key names of a MessNetwork state dict."""
+    shapes = tuple(tuple(v.shape) for k, v in state.items() if k.startswith("segments."))
+    head = frozenset(k.removeprefix("final_head.") for k in state if k.startswith("final_head."))
+    return shapes, head
+
+
+def guess_architecture(path: Path) -> str | None:
+    """The registered architecture whose backbone and final head a MessNetwork state dict fits.
+
+    Only used to explain a failed load; builds each candidate on the meta device (no weights).
+    """
+    try:
+        state, recorded = read_state_dict(path)
+    except TrainingError:
+        return None
+    if recorded is not None:
+        return recorded
+    wanted = _signature(state)
+    if not wanted[0]:
+        return None
+    for name in list_architectures():
+        parts = _build_parts(name, num_classes=1, device="meta")
+        modules = [m for _, m in (*parts.stem, *parts.blocks, *parts.tail)]
+        shapes = tuple(tuple(v.shape) for m in modules for v in m.state_dict().values())
+        if shapes == wanted[0] and frozenset(parts.final_head.state_dict()) == wanted[1]:
+            return name
+    return None

@@ -144,7 +144,7 @@ def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
     other = build_network("fcn_mobilenet_v2", num_classes=3, head_space=ONE_HEAD)
     path = tmp_path / "mbv2.pt"
     torch.save(other.state_dict(), path)
-    with pytest.raises(TrainingError, match="does not fit fcn_resnet18"):
+    with pytest.raises(TrainingError, match="does not fit fcn_resnet18.*looks like a fcn_mobilenet_v2 network"):
         build_network("fcn_resnet18", num_classes=3, head_space=ONE_HEAD, weights=path)
     torch.save({"arch": "fcn_mobilenet_v2", "state_dict": other.state_dict()}, path)
     with pytest.raises(TrainingError, match="holds weights for fcn_mobilenet_v2"):
