@@ -22,11 +22,12 @@ from db.records import (
     SearchRunRecord,
     VerificationRecord,
 )
+from db.merge import MergeReport, merge_stores
 from db.session import open_store, session_scope, upgrade
 
 __all__ = [
     "AccuracyArrays", "AccuracyProfileRecord", "CalibrationSetRecord", "CandidateInput",
     "CandidateRecord", "DeviceRecord", "ExitArrays", "ExitInput", "ExitRecord", "ExitSummary",
-    "LatencyRecord", "ModelRecord", "SearchRunRecord", "StorageError", "VerificationRecord",
-    "from_bytes", "open_store", "session_scope", "to_bytes", "upgrade",
+    "LatencyRecord", "MergeReport", "ModelRecord", "SearchRunRecord", "StorageError", "VerificationRecord",
+    "from_bytes", "merge_stores", "open_store", "session_scope", "to_bytes", "upgrade",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.exc import OperationalError
 from store_helpers import SHA_A, fill
 
 from db import StorageError, open_store, session_scope, upgrade
@@ -148,3 +149,26 @@ def test_exception_inside_a_unit_of_work_leaves_no_rows(engine) -> None:
     with session_scope(engine) as s:
         assert all(n == 0 for n in repo.row_counts(s).values())
         assert s.scalars(select(Model)).first() is None
+
+
+def test_readonly_scope_reads_while_a_writer_holds_the_lock(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(dbsession, "BUSY_TIMEOUT_S", 0.5)
+    path = str(tmp_path / "s.db")
+    writer_engine = open_store(path, create=True)
+    reader_engine = open_store(path)
+    with session_scope(writer_engine) as w:
+        repo.upsert_device(w, name="cpu", fingerprint={})  # holds the write lock until commit
+        with session_scope(reader_engine, readonly=True) as r:
+            assert repo.list_devices(r) == []  # sees the last commit, does not wait
+        with pytest.raises(OperationalError, match="locked"), session_scope(reader_engine) as r2:
+            repo.list_devices(r2)  # a write transaction queues behind the writer
+    with session_scope(reader_engine, readonly=True) as r:
+        assert [d.name for d in repo.list_devices(r)] == ["cpu"]
+    writer_engine.dispose()
+    reader_engine.dispose()
+
+
+def test_display_url_hides_passwords() -> None:
+    shown = dbsession.display_url("postgresql+psycopg2://me:s3cret@db.example:5432/mess")
+    assert "s3cret" not in shown and "db.example" in shown
+    assert dbsession.display_url("/tmp/x.db") == "/tmp/x.db"
