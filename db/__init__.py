@@ -6,6 +6,7 @@ re-exports the most used names.
 
 from db.arrays import from_bytes, to_bytes
 from db.errors import StorageError
+from db.merge import MergeReport, merge_stores
 from db.records import (
     AccuracyArrays,
     AccuracyProfileRecord,
@@ -22,7 +23,6 @@ from db.records import (
     SearchRunRecord,
     VerificationRecord,
 )
-from db.merge import MergeReport, merge_stores
 from db.session import open_store, session_scope, upgrade
 
 __all__ = [
