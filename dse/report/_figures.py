@@ -36,6 +36,14 @@ _STYLE = {
 }
 
 
+def exit_colors(exit_ids: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """One colour per exit, by backbone order, so an exit looks the same in every figure."""
+    colors = {e: PALETTE[k % len(PALETTE)] for k, e in enumerate(x for x in exit_ids
+                                                                  if x != "final")}
+    colors["final"] = "#495057"
+    return colors
+
+
 def _layout(fig: go.Figure, *, title: str, height: int) -> None:
     fig.update_layout(
         title=dict(text=esc(title), x=0.01), height=height, template="plotly_white",
@@ -101,14 +109,15 @@ def front_figure(data: FrontFigureData) -> go.Figure:
     return fig
 
 
-def exit_rate_figure(data: ExitRateData, *, title: str) -> go.Figure:
+def exit_rate_figure(data: ExitRateData, *, title: str,
+                     colors: dict[str, str] | None = None) -> go.Figure:
     """Stacked bars: for each front-1 candidate, the share of images leaving at each exit."""
     fig = go.Figure()
     labels = [f"#{i}" for i in data.candidates]
-    for k, (exit_id, shares) in enumerate(zip(data.exit_ids, data.shares, strict=True)):
+    colors = {**exit_colors(data.exit_ids), **(colors or {})}
+    for exit_id, shares in zip(data.exit_ids, data.shares, strict=True):
         fig.add_trace(go.Bar(
-            x=labels, y=list(shares), name=esc(exit_id),
-            marker_color=PALETTE[k % len(PALETTE)] if exit_id != "final" else "#495057",
+            x=labels, y=list(shares), name=esc(exit_id), marker_color=colors[exit_id],
             hovertemplate=f"{esc(exit_id)}<br>candidate %{{x}}: %{{y:.1%}} of images"
                           "<extra></extra>"))
     fig.update_layout(barmode="stack")
@@ -118,8 +127,10 @@ def exit_rate_figure(data: ExitRateData, *, title: str) -> go.Figure:
     return fig
 
 
-def histogram_figure(data: HistogramData, *, title: str, cols: int = 3) -> go.Figure:
+def histogram_figure(data: HistogramData, *, title: str, cols: int = 3,
+                     colors: dict[str, str] | None = None) -> go.Figure:
     """One panel per kept exit: share of its pixels per confidence bin."""
+    colors = {**exit_colors([p.exit_id for p in data.panels]), **(colors or {})}
     n = len(data.panels)
     rows = max(1, math.ceil(n / cols))
     fig = make_subplots(rows=rows, cols=min(cols, max(n, 1)),
@@ -129,7 +140,7 @@ def histogram_figure(data: HistogramData, *, title: str, cols: int = 3) -> go.Fi
         fig.add_trace(go.Bar(
             x=[left + w / 2 for left, w in zip(panel.lefts, panel.widths, strict=True)],
             y=list(panel.shares), width=list(panel.widths), showlegend=False,
-            marker_color=PALETTE[k % len(PALETTE)], name=esc(panel.exit_id),
+            marker_color=colors[panel.exit_id], name=esc(panel.exit_id),
             customdata=list(panel.lefts),
             hovertemplate=f"{esc(panel.exit_id)}<br>confidence ≥ %{{customdata:.3f}}: "
                           "%{y:.2%} of pixels<extra></extra>"),

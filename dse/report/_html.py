@@ -12,7 +12,13 @@ from dse.report._data import (
     histogram_data,
     kept_exits,
 )
-from dse.report._figures import cross_figure, exit_rate_figure, front_figure, histogram_figure
+from dse.report._figures import (
+    cross_figure,
+    exit_colors,
+    exit_rate_figure,
+    front_figure,
+    histogram_figure,
+)
 from dse.report._format import esc
 from dse.report._model import ReportData, RunData
 from dse.report._summary import summary_rows
@@ -99,20 +105,21 @@ def _run_section(data: RunData, figures: _Figures) -> str:
               "<p class=\"note\">Click a column header to sort.</p>",
               f"<div class=\"table-wrap\">{front_table(run, cands)}</div>"]
     rates = exit_rate_data(cands)
+    colors = exit_colors(kept_exits(cands))
     parts.append("<h3>Where images leave</h3>")
     if rates.candidates:
         parts.append(figures.html(
-            exit_rate_figure(rates, title=f"Exit rates of front-1 candidates, run {rid}"),
-            f"exits-{rid}"))
+            exit_rate_figure(rates, title=f"Exit rates of front-1 candidates, run {rid}",
+                             colors=colors), f"exits-{rid}"))
     else:
         parts.append("<p class=\"note\">No front-1 candidate to show.</p>")
     parts.append("<h3>Confidence histograms of the kept exits</h3>")
-    parts.append(_histograms(data, figures))
+    parts.append(_histograms(data, figures, colors))
     parts.append("</section>")
     return "\n".join(parts)
 
 
-def _histograms(data: RunData, figures: _Figures) -> str:
+def _histograms(data: RunData, figures: _Figures, colors: dict[str, str]) -> str:
     kept = kept_exits(data.candidates)
     if not kept:
         return "<p class=\"note\">Front 1 keeps no early exit.</p>"
@@ -125,7 +132,7 @@ def _histograms(data: RunData, figures: _Figures) -> str:
     if hist.panels:
         out = figures.html(histogram_figure(
             hist, title=f"Pixel confidence per kept exit (accuracy profile "
-                        f"{data.confidence.profile_id})"), f"hist-{data.run.id}")
+                        f"{data.confidence.profile_id})", colors=colors), f"hist-{data.run.id}")
     if hist.missing:
         out += ("<p class=\"note\">No stored histogram for: "
                 + ", ".join(esc(e) for e in hist.missing) + "</p>")

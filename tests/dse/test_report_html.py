@@ -6,14 +6,26 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
-from report_factory import EVIL, fill_store, make_run, records, verification
+from report_factory import EARLY, EVIL, edges, fill_store, make_run, records, verification
 
 from db.errors import StorageError
 from db.session import open_store, session_scope
 from dse.cli._app import main
 from dse.errors import DseError
-from dse.report import ReportData, RunData, check_output_path, render_report, write_report
+from dse.report import (
+    ConfidenceData,
+    ReportData,
+    RunData,
+    check_output_path,
+    exit_rate_data,
+    front_figure_data,
+    histogram_data,
+    render_report,
+    write_report,
+)
+from dse.report._figures import exit_colors, exit_rate_figure, front_figure, histogram_figure
 
 PLOTLY_BANNER = re.compile(r"plotly\.js v\d+\.\d+\.\d+")
 
@@ -164,3 +176,24 @@ def test_constraints_and_chosen_candidate_on_the_page() -> None:
     front = page.split('class="sortable front"')[1].split("</table>")[0]
     assert '<td data-sort="1">1 (chosen)</td>' in front
     assert "chosen for --target speed" in page
+
+
+def test_figures_emphasise_front_one_and_share_exit_colours() -> None:
+    run = make_run(constraints={"max_latency_ms": 35.0, "max_drop_pp": 1.0})
+    fig = front_figure(front_figure_data(run, records(), [verification()]))
+    traces = {t.name: t for t in fig.data}
+    front, faint = traces["front 1 (Pareto-optimal)"], traces["fronts &gt; 3"]
+    assert front.opacity == 1.0 and faint.opacity < traces["front 2"].opacity < 1.0
+    assert list(front.customdata) == [0, 1, 2, 3]
+    assert "baseline (final exit only)" in traces and "measured (dse verify)" in traces
+    assert len(fig.layout.shapes) == 2  # latency budget and maximum drop
+    assert fig.data[-1].name == "measured (dse verify)"  # drawn on top
+
+    colors = exit_colors(list(EARLY))
+    bars = exit_rate_figure(exit_rate_data(records()), title="t", colors=colors)
+    conf = ConfidenceData(profile_id=1, edges=edges(),
+                          counts={e: np.ones(190, dtype=np.int64) for e in EARLY[1:]})
+    hist = histogram_figure(histogram_data(conf, list(EARLY[1:])), title="h", colors=colors)
+    bar_colors = {t.name: t.marker.color for t in bars.data}
+    assert {t.name: t.marker.color for t in hist.data} == {e: bar_colors[e] for e in EARLY[1:]}
+    assert bar_colors["final"] == "#495057" and len(set(bar_colors.values())) == 4
