@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dse.evaluate import Evaluator
-from dse.pareto import OBJECTIVES, ParetoArchive
+from dse.pareto import OBJECTIVES, ParetoArchive, dominated_by_front, top_fronts
 from dse.space import SearchSpace
 
 
@@ -148,10 +148,11 @@ class _UnitState:
     def evaluate(self, out: np.ndarray, prefix: np.ndarray, cols: np.ndarray) -> None:
         c, s = self.k.num_classes, self.k.num_samples
         tp, union = out[..., :c], out[..., c: 2 * c]
-        present = union > 0
-        iou = np.divide(tp, union, out=np.zeros_like(tp), where=present)
+        # unions are whole pixel counts: max(union, 1) divides exactly where union > 0 and
+        # gives 0 / 1 where a class is absent, with no masked division
+        iou_sum = (tp / np.maximum(union, 1)).sum(axis=-1)
         values = {
-            "miou": (iou.sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)).ravel(),
+            "miou": (iou_sum / np.maximum(np.count_nonzero(union, axis=-1), 1)).ravel(),
             "latency": out[..., 2 * c + 1].ravel() / s,
             "gflops": out[..., 2 * c + 2].ravel() / s,
             "early": out[..., 2 * c].ravel(),  # images answered by an early exit
@@ -180,7 +181,14 @@ class _UnitState:
             self.n_feasible += idx.size
             pts = np.stack([OBJECTIVES[m] * values[m][idx].astype(np.float64) for m in self.names],
                            axis=1)
-            self.archive.add(pts, payload(idx), np.full(idx.size, prefix.shape[1] + 1))
+            arch = self.archive
+            if pts.shape[1] == 2 and (arch.fronts == arch.max_front).any():
+                # beaten by a point already on the last kept front: can never make the cut
+                alive = ~dominated_by_front(pts, arch.points[arch.fronts == arch.max_front])
+                pts, idx = pts[alive], idx[alive]
+            best = top_fronts(pts, arch.max_front) > 0  # payload only for the survivors
+            self.archive.add(pts[best], payload(idx[best]),
+                             np.full(int(best.sum()), prefix.shape[1] + 1))
 
     def _feasible(self, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         b = self.bounds

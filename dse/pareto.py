@@ -99,6 +99,26 @@ def top_fronts(points: np.ndarray, max_front: int) -> np.ndarray:
     return ranks
 
 
+def dominated_by_front(points: np.ndarray, front: np.ndarray) -> np.ndarray:
+    """Which rows of an [n, 2] matrix some point of a 2-D front (mutually non-dominated) beats.
+
+    One binary search per point: along a front objective 2 falls as objective 1 grows, so the
+    front point with the largest objective 1 <= x has the lowest objective 2 among candidates.
+    """
+    f = np.asarray(front, dtype=np.float64)
+    f = f[np.lexsort((f[:, 1], f[:, 0]))]
+    # duplicates in objective 1: keep the lowest objective 2 (the last of equal x after lexsort
+    # is the highest, so take the first of each run)
+    first = np.concatenate(([True], f[1:, 0] != f[:-1, 0]))
+    f = f[first]
+    x, y = points[:, 0], points[:, 1]
+    k = np.searchsorted(f[:, 0], x, side="right") - 1
+    ok = k >= 0
+    kk = np.maximum(k, 0)
+    fx, fy = f[kk, 0], f[kk, 1]
+    return ok & (fy <= y) & ((fy < y) | (fx < x))
+
+
 def hypervolume_2d(points: np.ndarray, reference: np.ndarray) -> float:
     """Area dominated by a 2-objective set (minimised) and bounded by the reference point."""
     pts = np.asarray(points, dtype=np.float64)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dse.pareto import ParetoArchive, hypervolume_2d, nondominated_sort, top_fronts
+from dse.pareto import (
+    ParetoArchive,
+    dominated_by_front,
+    hypervolume_2d,
+    nondominated_sort,
+    top_fronts,
+)
 
 
 def brute_fronts(pts: np.ndarray) -> np.ndarray:
@@ -58,3 +64,12 @@ def test_archive_cap_drops_later_fronts_first() -> None:
 def test_hypervolume_of_a_staircase() -> None:
     pts = np.array([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0], [3.0, 3.0]])
     assert hypervolume_2d(pts, np.array([4.0, 4.0])) == pytest.approx(1 * 1 + 1 * 2 + 1 * 3)
+
+
+def test_dominated_by_front_matches_pairwise_check() -> None:
+    rng = np.random.default_rng(8)
+    cloud = rng.integers(0, 8, size=(80, 2)).astype(float)
+    front = cloud[brute_fronts(cloud) == 1]
+    pts = rng.integers(0, 8, size=(200, 2)).astype(float)
+    expected = [bool(any(np.all(f <= p) and np.any(f < p) for f in front)) for p in pts]
+    assert list(dominated_by_front(pts, front)) == expected
