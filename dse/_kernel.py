@@ -172,10 +172,10 @@ class _UnitState:
         if self.collected is not None:
             self.collected.append((payload(np.arange(n)), values))
         if violation is not None and not feasible.all():
-            best = int(np.argmin(violation))
-            if violation[best] < self.closest_violation:
-                self.closest_violation = float(violation[best])
-                self.closest_payload = payload(np.array([best]))[0]
+            nearest = int(np.argmin(violation))
+            if violation[nearest] < self.closest_violation:
+                self.closest_violation = float(violation[nearest])
+                self.closest_payload = payload(np.array([nearest]))[0]
         idx = np.flatnonzero(feasible)
         if idx.size:
             self.n_feasible += idx.size
