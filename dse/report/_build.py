@@ -71,7 +71,7 @@ def _open_temp(path: Path) -> tuple[int, str]:
         return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise DseError(
-            f"cannot write in {path.parent} ({exc.strerror or exc}); choose another --out"
+            f"cannot write in {path.parent} ({exc.strerror or exc}); choose another output path"
         ) from exc
 
 
@@ -86,10 +86,10 @@ def check_output_path(out_path: str | os.PathLike[str]) -> Path:
         raise DseError(f"output path {path} is a folder; give a file name such as {path}/report.html")
     if not path.parent.is_dir():
         raise DseError(
-            f"output folder {path.parent} does not exist; create it first or choose another --out"
+            f"output folder {path.parent} does not exist; create it first or choose another output path"
         )
     if path.exists() and not os.access(path, os.W_OK):
-        raise DseError(f"output file {path} is not writable; choose another --out")
+        raise DseError(f"output file {path} is not writable; choose another output path")
     fd, tmp = _open_temp(path)
     os.close(fd)
     os.unlink(tmp)
