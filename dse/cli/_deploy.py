@@ -236,7 +236,7 @@ def verify_command(
     result = compare(predicted, measured, same_images=same)
     _store(db, resolved, result)
     for note in notes:
-        err_console.print(f"warning: {note}", markup=False, highlight=False)
+        err_console.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
     if json_output:
         print(json.dumps({"run": run, "candidate": candidate, **result.to_dict()}))
         return

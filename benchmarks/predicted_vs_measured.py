@@ -1,0 +1,94 @@
+"""Benchmark (not a test): how well does the search's latency prediction hold on this CPU?
+
+For every point of the first Pareto front of a stored search run, run the real early-exit network
+(training.export's pruned cascade) over the calibration images, image by image, and compare the
+measured mean latency with the predicted one. Target: median |error| <= 5%, every point within
+10% (nn-Meter's bar: 99% of models within +/-10% on a mobile CPU).
+
+    # once: a trained checkpoint, profiled and searched on this machine
+    dse profile --checkpoint ckpt.pt --device this-cpu --threads 1 --db bench.db
+    dse pareto --device this-cpu --db bench.db --json
+    python benchmarks/predicted_vs_measured.py --db bench.db --run 1 --checkpoint ckpt.pt
+
+Run it on a quiet machine: the error mixes prediction error and the machine's noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", required=True, help="store URL or SQLite file")
+    parser.add_argument("--run", type=int, required=True, help="search run id")
+    parser.add_argument("--checkpoint", required=True, help="the run's model checkpoint")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per image")
+    parser.add_argument("--limit", type=int, default=None, help="first N calibration images")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from db import repository
+    from db.session import open_store, session_scope
+    from profiling.timing import TimingSettings
+    from profiling.verify import Prediction, compare, measure_cascade
+    from training.checkpoint import load_checkpoint, weights_sha256
+    from training.data import build_dataset
+    from training.export import build_cascade_module
+
+    engine = open_store(args.db)
+    with session_scope(engine, readonly=True) as s:
+        run = repository.get_search_run(s, args.run)
+        front = repository.list_candidates(s, args.run, front=1)
+        model = repository.get_model(s, run.model_id)
+        profile = repository.get_accuracy_profile(s, run.accuracy_profile_id)
+        calib = repository.get_calibration_set(s, profile.calibration_set_id)
+    network, _ = load_checkpoint(args.checkpoint)
+    if weights_sha256(network) != model.weights_sha256:
+        print(f"error: {args.checkpoint} is not model {model.name} of run {args.run}",
+              file=sys.stderr)
+        return 2
+    threads = int(run.device_fingerprint.get("threads") or 1)
+    torch.set_num_threads(threads)
+    h, w = (int(v) for v in run.input_shape[-2:])
+    size = args.limit or calib.num_samples
+    dataset = build_dataset(calib.dataset, split=calib.split, input_size=(h, w), size=size)
+    same = list(dataset.sample_ids) == list(calib.sample_ids)
+    edge_correction = bool(profile.settings.get("edge_correction", True))
+
+    rows = []
+    for cand in front:
+        module = build_cascade_module(network, exits=cand.exits, th_pix=cand.th_pix,
+                                      th_img=cand.th_img, input_size=(h, w),
+                                      edge_correction=edge_correction)
+        measured = measure_cascade(
+            module, dataset, exit_ids=module.exit_ids, num_classes=network.num_classes,
+            device=torch.device("cpu"), dataset_name=calib.dataset, split=calib.split,
+            device_name=run.device_name, timing=TimingSettings(warmup=0, repeat=args.repeat),
+        )
+        rows.append((cand, compare(Prediction.from_candidate(cand), measured, same_images=same)))
+
+    print(f"run {args.run} ({run.device_name}, {threads} thread(s)), {len(rows)} front points, "
+          f"{dataset.__len__()} images{' (calibration set)' if same else ''}")
+    print(f"{'cand':>4} {'exits':>5} {'pred ms':>9} {'meas ms':>9} {'error':>8} "
+          f"{'pred mIoU':>9} {'meas mIoU':>9}")
+    for cand, cmp in rows:
+        print(f"{cand.index:>4} {len(cand.exits) - 1:>5} {cmp.predicted.latency_ms:>9.3f} "
+              f"{cmp.measured.latency_ms:>9.3f} {cmp.latency_error * 100:>+7.1f}% "
+              f"{cmp.predicted.miou * 100:>9.3f} {cmp.measured.miou * 100:>9.3f}")
+    errors = [abs(cmp.latency_error) for _, cmp in rows]
+    if not errors:
+        print("the run has no front points")
+        return 1
+    median, worst = statistics.median(errors), max(errors)
+    within = sum(e <= 0.10 for e in errors)
+    print(f"median |error| {median * 100:.1f}% (target <= 5%), max {worst * 100:.1f}%, "
+          f"{within}/{len(errors)} within 10% (target: all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
