@@ -1,0 +1,180 @@
+"""Benchmark (not a test): does two-stage MESS training with PFD work on real data?
+
+EfficientNet-Lite0 MESS network (ImageNet backbone), CamVid from ../shared at 240x180 (or
+480x360 with --full-res), each training run limited to --minutes of wall clock:
+
+    stage 1 (exit-aware backbone)                      --minutes
+    (a) stage 2 with positive-filtering distillation   --minutes, from stage 1
+    (b) IC-only: stage 2 with CE only                  --minutes, from stage 1
+    (c) end-to-end: all exits and backbone jointly     2 x --minutes (same time as stage 1 + 2)
+    (d) single-exit network (final exit only)          2 x --minutes
+
+so a full run takes about 7 x --minutes plus evaluation. Prints per-exit val mIoU of (a), (b),
+(c) and the final-exit mIoU of (d). Checkpoints go to --out (default /tmp/mess-bench); a run
+that finds a finished checkpoint there reuses it and an interrupted one resumes it, so the
+benchmark can be stopped and restarted. --quick: a few images, one epoch each, seconds.
+
+    .venv/bin/python benchmarks/train_camvid.py --minutes 8
+    .venv/bin/python benchmarks/train_camvid.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from training.checkpoint import load_checkpoint, read_checkpoint
+from training.data import build_dataset
+from training.errors import TrainingError
+from training.runner import TrainRequest, run_training
+from training.train import EpochRecord, TrainConfig, evaluate_exits
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "camvid"
+POSITIONS = "blocks.2,blocks.4,blocks.7,blocks.10,blocks.13"
+HEAD_SPACE = "nocrm-b0-fcn,crm64-b1-rdi-fcn,crm64-b0-deeplabv3"
+
+
+class _Log:
+    """Progress on stderr: one line per epoch (the table goes to stdout)."""
+
+    def epoch_started(self, mode: str, epoch: int, epochs: int, batches: int) -> None:
+        self._start = time.perf_counter()
+        print(
+            f"  {mode} epoch {epoch}/{epochs} ({batches} batches)...", file=sys.stderr, flush=True
+        )
+
+    def batch_done(self, loss: float) -> None:
+        pass
+
+    def epoch_done(self, record: EpochRecord) -> None:
+        final = record.val_miou.get("final", float("nan"))
+        print(
+            f"  {record.mode} epoch {record.epoch}: loss {record.train_loss:.3f}, "
+            f"val final {100 * final:.1f}, {record.seconds:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default=str(DEFAULT_DATA))
+    p.add_argument("--out", default="/tmp/mess-bench")
+    p.add_argument("--minutes", type=float, default=8.0, help="budget of each stage")
+    p.add_argument("--full-res", action="store_true", help="480x360 instead of 240x180")
+    p.add_argument("--arch", default="fcn_efficientnet_lite0")
+    p.add_argument("--positions", default=POSITIONS)
+    p.add_argument("--head-space", default=HEAD_SPACE)
+    p.add_argument("--optimizer", default="adamw", choices=("sgd", "adamw"))
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--class-weighting", default="enet", choices=("none", "enet", "median"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--scratch", action="store_true", help="no ImageNet backbone weights")
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny data, 1 epoch each")
+    return p.parse_args(argv)
+
+
+def _request(
+    a: argparse.Namespace, stage: str, out: Path, minutes: float, init: Path | None
+) -> TrainRequest:
+    size = (360, 480) if a.full_res else (180, 240)
+    if a.quick:
+        size = (48, 64)
+    reuse = out.exists()
+    base = TrainConfig(
+        mode="stage1", epochs=1 if a.quick else 1000, batch_size=a.batch_size,
+        optimizer=a.optimizer, lr=a.lr, class_weighting=a.class_weighting,
+        device=a.device, threads=a.threads,
+    )  # fmt: skip
+    return TrainRequest(
+        arch=a.arch, data="camvid", data_root=a.data_root, out=str(out), stage=stage,
+        input_size=size, base=base, time_budget_s=None if a.quick else minutes * 60,
+        resume=reuse, init=None if reuse else (str(init) if init else None),
+        head_space=tuple(a.head_space.split(",")), positions=tuple(a.positions.split(",")),
+        pretrained_backbone=not a.scratch,
+        train_size=8 if a.quick else None, val_size=4 if a.quick else None,
+    )  # fmt: skip
+
+
+def _train(
+    a: argparse.Namespace, name: str, stage: str, minutes: float, init: Path | None = None
+) -> Path:
+    out = Path(a.out) / f"{name}.pt"
+    if out.exists() and (read_checkpoint(out).get("train_state") or {}).get("finished"):
+        print(f"{name}: reusing finished {out}", file=sys.stderr)
+        return out
+    print(f"{name}: training ({stage}, {minutes:g} min budget)", file=sys.stderr, flush=True)
+    run_training(_request(a, stage, out, minutes, init), progress=_Log())
+    return out
+
+
+def _evaluate(a: argparse.Namespace, path: Path, *, exits: bool) -> dict[str, float]:
+    network, meta = load_checkpoint(path)
+    size = tuple(meta["input_size"])
+    val = build_dataset(
+        "camvid", root=a.data_root, split="val", input_size=(size[0], size[1]),
+        size=4 if a.quick else None,
+    )  # fmt: skip
+    ids = list(network.exit_ids) if exits else []
+    return evaluate_exits(network.to(a.device), val, exit_ids=ids, batch_size=8, device=a.device)
+
+
+def _table(results: dict[str, dict[str, float]], exit_ids: list[str]) -> str:
+    cols = [("pfd", "MESS two-stage + PFD"), ("ic_only", "IC-only"), ("e2e", "end-to-end"),
+            ("single", "single-exit")]  # fmt: skip
+    width = max(len(e) for e in [*exit_ids, "final"]) + 2
+    lines = ["| exit | " + " | ".join(title for _, title in cols) + " |",
+             "|---|" + "---:|" * len(cols)]  # fmt: skip
+    for exit_id in [*exit_ids, "final"]:
+        cells = []
+        for key, _ in cols:
+            value = results.get(key, {}).get(exit_id)
+            cells.append("—" if value is None else f"{100 * value:.1f}")
+        lines.append(f"| {exit_id:<{width}} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        stage1 = _train(a, "stage1", "1", a.minutes)
+        pfd = _train(a, "pfd", "2", a.minutes, init=stage1)
+        ic = _train(a, "ic_only", "ic-only", a.minutes, init=stage1)
+        e2e = _train(a, "e2e", "end-to-end", 2 * a.minutes)
+        single = _train(a, "single", "final-only", 2 * a.minutes)
+        results = {
+            "stage1": _evaluate(a, stage1, exits=False),
+            "pfd": _evaluate(a, pfd, exits=True),
+            "ic_only": _evaluate(a, ic, exits=True),
+            "e2e": _evaluate(a, e2e, exits=True),
+            "single": _evaluate(a, single, exits=False),
+        }
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    exit_ids = [e for e in results["pfd"] if e != "final"]
+    size = "480x360" if a.full_res else "240x180"
+    print(f"CamVid val mIoU (%), {a.arch}, {size}, {a.minutes:g} min per stage"
+          f"{' (QUICK smoke test: meaningless numbers)' if a.quick else ''}")  # fmt: skip
+    print(_table(results, exit_ids))
+    print(f"stage-1 network alone: final {100 * results['stage1']['final']:.1f}")
+    print(f"total wall time {(time.perf_counter() - started) / 60:.1f} min; checkpoints in {out}")
+    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
