@@ -296,7 +296,10 @@ def measure_cascade(
             fp += img_fp.sum(dim=0).numpy()
             fn += img_fn.sum(dim=0).numpy()
             counts[exit_ids[int(exit_index[0])]] += 1
-            stats = time_callable(lambda x=x: module(x), device=device, settings=per_image)
+            def run_once(x: torch.Tensor = x) -> object:
+                return module(x)
+
+            stats = time_callable(run_once, device=device, settings=per_image)
             latencies.append(stats.mean_ms)
             if progress is not None:
                 progress(index + 1, total)

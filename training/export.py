@@ -24,13 +24,16 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training.errors import TrainingError
+
+if TYPE_CHECKING:
+    from training.network import MessNetwork
 
 FORMATS = ("torchscript", "onnx", "state-dict")
 FINAL = "final"
@@ -196,18 +199,18 @@ def _trace_decision(decision: nn.Module, native_shape: Sequence[int]) -> torch.j
     return traced
 
 
-def _head_module(network: nn.Module, exit_id: str) -> nn.Module:
+def _head_module(network: MessNetwork, exit_id: str) -> nn.Module:
     return network.head(exit_id)  # TrainingError with close matches when unknown
 
 
-def _position_index_by_name(network: nn.Module, name: str) -> int:
+def _position_index_by_name(network: MessNetwork, name: str) -> int:
     for info in network.positions:
         if info.name == name:
             return int(info.index)
     raise TrainingError(f"position {name!r} is not in this network")
 
 
-def _position_index(network: nn.Module, exit_id: str) -> int:
+def _position_index(network: MessNetwork, exit_id: str) -> int:
     from training.heads import ExitSpec
 
     try:
@@ -219,7 +222,7 @@ def _position_index(network: nn.Module, exit_id: str) -> int:
 
 
 def build_cascade_module(
-    network: nn.Module,
+    network: MessNetwork,
     *,
     exits: Sequence[str],
     th_pix: Sequence[float],
@@ -260,8 +263,9 @@ def build_cascade_module(
     if any(b <= a for a, b in zip(ends, ends[1:], strict=False)):
         raise TrainingError(f"exits must be at strictly increasing positions: {exits}")
     height, width = (int(v) for v in input_size)
-    uses_skip = exits[-1] == FINAL and network.final_skip is not None
-    skip_index = _position_index_by_name(network, network.final_skip) if uses_skip else -1
+    final_skip = network.final_skip
+    uses_skip = exits[-1] == FINAL and final_skip is not None
+    skip_index = _position_index_by_name(network, str(final_skip)) if uses_skip else -1
     stages: list[Stage] = []
     heads: list[nn.Module] = []
     start = 0
@@ -354,7 +358,7 @@ def export_cascade(
         raise TrainingError(f"folder {out.parent} does not exist; create it first")
     meta = {**metadata, "format": fmt, "exit_ids": list(module.exit_ids),
             "th_img": module.th_img, "num_classes": module.num_classes,
-            "th_pix": [float(d.th_pix) for d in module.decisions],
+            "th_pix": [float(d.th_pix) for d in module.decisions],  # type: ignore[union-attr,arg-type]
             "input_size": [int(example.shape[2]), int(example.shape[3])]}
     # Build in a temporary folder beside the target, then move: no half-written export.
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
@@ -387,7 +391,7 @@ def _write_json(path: Path, meta: dict[str, Any]) -> Path:
     return side
 
 
-def load_state_dict_export(path: str | Path, network: nn.Module) -> CascadeModule:
+def load_state_dict_export(path: str | Path, network: MessNetwork) -> CascadeModule:
     """Rebuild a ``state-dict`` export on top of a network of the same architecture.
 
     The sidecar JSON names the exits and thresholds; the weights come from the export (so a
