@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer._click import ClickException  # typer vendors click; no separate package
 
 from db.errors import StorageError
 from dse.errors import DseError
@@ -53,28 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     from dse import cli  # noqa: F401  (registers every command on `app`)
 
     try:
-        app(args=argv, standalone_mode=False)
-    except typer.Abort:
-        err_console.print("aborted")
-        return 130
-    except KeyboardInterrupt:
+        result = app(args=argv, standalone_mode=False)
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         return 130
-    except Exception as exc:  # noqa: BLE001 - mapped below, re-raised when not a user error
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            return int(exc.exit_code or 0)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, _user_errors()):
-            err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-            return 2
-        if os.environ.get("DSE_DEBUG"):
-            raise
-        raise
-    return 0
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except ClickException as exc:  # usage errors: click prints its own one-line message
+        exc.show()
+        return exc.exit_code
+    except _user_errors() as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    return result if isinstance(result, int) else 0
 
 
 def run() -> None:
