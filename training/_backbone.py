@@ -36,6 +36,8 @@ class BackboneParts:
             (e.g. strips torchvision's "backbone."); None when the keys already are.
         head_prefix: prefix of the final head's keys in the original model's state dict.
         final_skip: position whose feature the final head also reads (LR-ASPP), or None.
+        flat_keys: map every original parameter key on its own (torch.fx pieces keep the
+            original module paths inside them) instead of by module-path prefix.
     """
 
     stem: list[Named]
@@ -47,6 +49,7 @@ class BackboneParts:
     head_prefix: str = "classifier."
     final_skip: str | None = None
     ignored_prefixes: tuple[str, ...] = field(default=("aux_classifier.", "fc."))
+    flat_keys: bool = False  # blocks keep the original parameter paths inside (torch.fx pieces)
 
 
 def split_segments(parts: BackboneParts, kept: Sequence[int]) -> tuple[list[nn.Sequential], dict[str, str]]:
@@ -63,17 +66,21 @@ def split_segments(parts: BackboneParts, kept: Sequence[int]) -> tuple[list[nn.S
     for i, named in enumerate(parts.blocks):
         pending.append(named)
         if i in ends:
-            segments.append(_sequential(pending, len(segments), key_map))
+            segments.append(_sequential(pending, len(segments), key_map, parts.flat_keys))
             pending = []
     pending.extend(parts.tail)
-    segments.append(_sequential(pending, len(segments), key_map))
+    segments.append(_sequential(pending, len(segments), key_map, parts.flat_keys))
     key_map[parts.head_prefix] = "final_head."
     return segments, key_map
 
 
-def _sequential(named: list[Named], index: int, key_map: dict[str, str]) -> nn.Sequential:
-    for name, _ in named:
-        key_map[f"{name}."] = f"segments.{index}.{module_key(name)}."
+def _sequential(named: list[Named], index: int, key_map: dict[str, str], flat_keys: bool) -> nn.Sequential:
+    for name, module in named:
+        ours = f"segments.{index}.{module_key(name)}."
+        if flat_keys:
+            key_map.update({key: ours + key for key in module.state_dict()})
+        else:
+            key_map[f"{name}."] = ours
     return nn.Sequential(OrderedDict((module_key(name), module) for name, module in named))
 
 

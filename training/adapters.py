@@ -19,6 +19,7 @@ from torch import nn
 
 from training._backbone import BackboneParts, split_segments
 from training._efficientnet import efficientnet_lite0
+from training._fx import FX_PREFIX, fx_arch_parts
 from training._mobilenet import mobilenet_v2, mobilenet_v3_large
 from training._resnet import large_resnet, small_resnet
 from training.errors import TrainingError
@@ -67,6 +68,8 @@ def list_architectures() -> list[str]:
 
 
 def _arch(name: str) -> _Arch:
+    if name.startswith(FX_PREFIX):
+        return _Arch(build=partial(fx_arch_parts, name), torchvision_weights=False)
     arch = _REGISTRY.get(name)
     if arch is None:
         raise TrainingError(f"unknown architecture {name!r}; {_choices(name, list_architectures())}")
@@ -97,7 +100,8 @@ def select_positions(all_names: Sequence[str], requested: Iterable[str] | None) 
 
 def _shape_pass(segments: Sequence[nn.Module]) -> list[tuple[int, int]]:
     """(channels, stride) after each segment, from one tiny forward on the parameters' device."""
-    device = next(segments[0].parameters()).device
+    params = [p for segment in segments for p in segment.parameters()]
+    device = params[0].device if params else torch.device("cpu")
     feat = torch.zeros(1, 3, SHAPE_PASS_SIZE, SHAPE_PASS_SIZE, device=device)
     shapes = []
     modes = [m.training for m in segments]
@@ -172,6 +176,48 @@ def build_network(
     parts = _build_parts(
         arch, num_classes=num_classes, device=device, pretrained_backbone=pretrained_backbone, pretrained=pretrained
     )
+    network = _assemble(arch, parts, num_classes=num_classes, head_space=specs, positions=positions, device=device)
+    if weights is not None and not pretrained:
+        try:
+            load_weights(network, Path(weights), rename=parts.rename, ignored=parts.ignored_prefixes)
+        except TrainingError as exc:
+            guess = guess_architecture(Path(weights))
+            if guess is None or guess == arch:
+                raise
+            raise TrainingError(f"{exc}; the file looks like a {guess} network: pass that architecture") from exc
+    return network
+
+
+def build_traced_network(
+    model: nn.Module,
+    *,
+    num_classes: int,
+    head_space: Sequence[HeadSpec | str] | None = None,
+    positions: Iterable[str] | None = None,
+    arch: str = "fx",
+) -> MessNetwork:
+    """A MESS network from any torch.fx-traceable segmentation model (generic adapter).
+
+    Candidate positions are the graph nodes where one tensor carries everything (block outputs);
+    `positions` picks node names or globs. The model's modules are shared, not copied. From the
+    CLI or a checkpoint, name the model `fx:package.module:factory` in `build_network` instead.
+    """
+    from training._fx import fx_parts
+
+    specs = default_head_space() if head_space is None else parse_head_space(head_space)
+    return _assemble(arch, fx_parts(model), num_classes=num_classes, head_space=specs, positions=positions, device=None)
+
+
+def _assemble(
+    arch: str,
+    parts: BackboneParts,
+    *,
+    num_classes: int,
+    head_space: Sequence[HeadSpec],
+    positions: Iterable[str] | None,
+    device: str | torch.device | None,
+) -> MessNetwork:
+    """Cut the backbone at the kept positions, find their shapes, attach the heads."""
     names = [name for name, _ in parts.blocks]
     kept = select_positions(names, positions)
     if parts.final_skip is not None and names.index(parts.final_skip) not in kept:
@@ -189,19 +235,11 @@ def build_network(
             positions=infos,
             segments=segments,
             final_head=parts.final_head,
-            head_space=specs,
+            head_space=head_space,
             block_factory=parts.block_factory,
             final_skip=parts.final_skip,
         )
     network.key_map = key_map
-    if weights is not None and not pretrained:
-        try:
-            load_weights(network, Path(weights), rename=parts.rename, ignored=parts.ignored_prefixes)
-        except TrainingError as exc:
-            guess = guess_architecture(Path(weights))
-            if guess is None or guess == arch:
-                raise
-            raise TrainingError(f"{exc}; the file looks like a {guess} network: pass that architecture") from exc
     return network
 
 
