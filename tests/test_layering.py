@@ -18,6 +18,12 @@ ALLOWED = {
 HEAVY = {"torch", "torchvision"}
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
 def _module_level_imports(path: Path) -> set[str]:
     """Top-level packages imported outside function bodies (lazy imports are allowed)."""
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -27,6 +33,8 @@ def _module_level_imports(path: Path) -> set[str]:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 continue
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                continue  # imports for annotations only never run
             if isinstance(child, ast.Import):
                 found.update(alias.name.split(".")[0] for alias in child.names)
             elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
