@@ -109,10 +109,14 @@ def _components(network: MessNetwork, input_size: tuple[int, int]) -> list[Compo
     skip = features.get(network.final_skip) if network.final_skip else None
     gflops = count_gflops(network._final, feat, skip)
     out.append(_component("final", FINAL_EXIT, TAIL, feat, h, gflops, network.final_head))
+    head_gflops: dict[tuple[str, tuple[int, ...]], float] = {}  # same head, same feature shape
     for exit_spec in network.exits:
         head = network.heads[module_key(exit_spec.id)]
         feature = features[exit_spec.position]
-        gflops = count_gflops(head, feature)
+        key = (exit_spec.head.id, tuple(feature.shape))
+        if key not in head_gflops:
+            head_gflops[key] = count_gflops(head, feature)
+        gflops = head_gflops[key]
         out.append(_component("head", exit_spec.id, exit_spec.position, feature, h, gflops, head))
         logits_h, logits_w = feature.shape[-2:]
         ops = network.decision.operations(num_classes=network.num_classes, height=logits_h, width=logits_w)
