@@ -120,7 +120,12 @@ def train_command(
     ] = "synthetic",
     data_root: Annotated[str | None, typer.Option("--data-root", help="Dataset folder.")] = None,
     stage: Annotated[str, typer.Option("--stage", help=STAGE_HELP)] = "both",
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs per stage (the most).")] = 10,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs", help="Epochs per stage (default 10; with --time-budget: as many as fit)."
+        ),
+    ] = None,
     time_budget: Annotated[
         float | None,
         typer.Option("--time-budget", help="Minutes for all stages; stops at an epoch boundary."),
@@ -183,6 +188,8 @@ def train_command(
         raise DseError(f"--device must be cpu or cuda, got {device!r}")
     if time_budget is not None and time_budget <= 0:
         raise DseError(f"--time-budget must be > 0 minutes, got {time_budget}")
+    if epochs is None:  # with a budget only: as many epochs as fit
+        epochs = 10 if time_budget is None else 100_000
     try:
         base = TrainConfig(
             mode="stage1", epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
