@@ -185,7 +185,12 @@ def build_dataset(
             "cityscapes": _folders.Cityscapes,
         }[name]
         return builder(
-            root=str(root), split=split, input_size=input_size, augment=augment, seed=seed, size=size
+            root=str(root),
+            split=split,
+            input_size=input_size,
+            augment=augment,
+            seed=seed,
+            size=size,
         )
     raise TrainingError(f"unknown dataset '{name}'; choose one of {', '.join(DATASET_NAMES)}")
 
