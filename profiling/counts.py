@@ -12,6 +12,47 @@ import torch
 from profiling.errors import ProfilingError
 
 
+def label_keys(target: torch.Tensor, *, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """Per-pixel bincount offsets of the truth, shared by every exit of a batch.
+
+    key = (image * (C + 1) + truth) * C, with ignored pixels as an extra truth row C that is
+    dropped after counting (cheaper than gathering the labelled pixels).
+
+    Raises:
+        ProfilingError: when a label is neither a class nor the ignore index (the checkpoint
+            and the data disagree on the number of classes).
+    """
+    if target.dim() != 3:
+        raise ValueError(f"target: expected [N, H, W], got {tuple(target.shape)}")
+    n, c = target.shape[0], num_classes
+    target = target.to(torch.int64)
+    ignored = target == ignore_index
+    bad = ~ignored & ((target < 0) | (target >= c))
+    if bool(bad.any()):
+        label = int(target[bad][0])
+        raise ProfilingError(
+            f"label {label} found in the data but the network has {c} classes; "
+            "use a checkpoint trained on this dataset"
+        )
+    truth = torch.where(ignored, c, target)
+    image = torch.arange(n, device=target.device).view(n, 1, 1)
+    return (image * (c + 1) + truth) * c
+
+
+def counts_from_keys(keys: torch.Tensor, pred: torch.Tensor, *, num_classes: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TP, FP, FN per image and class ([N, C] int64, CPU) from `label_keys` and predictions."""
+    if keys.shape != pred.shape:
+        raise ValueError(f"pred: expected shape {tuple(keys.shape)}, got {tuple(pred.shape)}")
+    n, c = keys.shape[0], num_classes
+    flat = (keys + pred.to(keys.device, torch.int64)).reshape(-1)
+    confusion = torch.bincount(flat, minlength=n * (c + 1) * c).reshape(n, c + 1, c)[:, :c].cpu()
+    tp = torch.diagonal(confusion, dim1=1, dim2=2).clone()
+    fp = confusion.sum(dim=1) - tp  # predicted as the class, truth elsewhere
+    fn = confusion.sum(dim=2) - tp  # truth is the class, predicted elsewhere
+    return tp, fp, fn
+
+
 def class_counts(
     pred: torch.Tensor, target: torch.Tensor, *, num_classes: int, ignore_index: int = 255
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -27,30 +68,13 @@ def class_counts(
         (tp, fp, fn), each int64 [N, C] on the CPU.
 
     Raises:
-        ProfilingError: when a label is neither a class nor the ignore index (the checkpoint
-            and the data disagree on the number of classes).
+        ProfilingError: a label that is neither a class nor the ignore index.
     """
     if pred.shape != target.shape or pred.dim() != 3:
         raise ValueError(f"pred/target: expected equal [N, H, W] shapes, got {tuple(pred.shape)} "
                          f"and {tuple(target.shape)}")
-    n, c = pred.shape[0], num_classes
-    target = target.to(pred.device, torch.int64)
-    pred = pred.to(torch.int64)
-    valid = target != ignore_index
-    bad = valid & ((target < 0) | (target >= c))
-    if bool(bad.any()):
-        label = int(target[bad][0])
-        raise ProfilingError(
-            f"label {label} found in the data but the network has {c} classes; "
-            "use a checkpoint trained on this dataset"
-        )
-    image = torch.arange(n, device=pred.device).view(n, 1, 1).expand_as(pred)
-    key = (image * c + target) * c + pred
-    confusion = torch.bincount(key[valid], minlength=n * c * c).reshape(n, c, c).cpu()
-    tp = torch.diagonal(confusion, dim1=1, dim2=2).clone()
-    fp = confusion.sum(dim=1) - tp  # predicted as the class, truth elsewhere
-    fn = confusion.sum(dim=2) - tp  # truth is the class, predicted elsewhere
-    return tp, fp, fn
+    keys = label_keys(target.to(pred.device), num_classes=num_classes, ignore_index=ignore_index)
+    return counts_from_keys(keys, pred, num_classes=num_classes)
 
 
 def miou_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
