@@ -67,10 +67,12 @@ def window_median(values: Tensor, *, window: int = DEFAULT_WINDOW) -> Tensor:
 
 
 def correct_edges(conf: Tensor, labels: Tensor, *, edge_width: int = DEFAULT_EDGE_WIDTH, window: int = DEFAULT_WINDOW) -> Tensor:
-    """Edge pixels take the median confidence of the window around them; others keep theirs."""
+    """Edge pixels take the median confidence of the window around them; others keep theirs.
+
+    No data-dependent shortcut (e.g. when there is no edge): the decision is traced for export,
+    and a traced branch would be frozen to the example's case.
+    """
     edges = semantic_edges(labels, edge_width=edge_width)
-    if not bool(edges.any()):
-        return conf
     return torch.where(edges, window_median(conf, window=window), conf)
 
 
