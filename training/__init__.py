@@ -26,6 +26,7 @@ _EXPORTS = {
     "build_network": "training.adapters",
     "list_architectures": "training.adapters",
     "describe_positions": "training.adapters",
+    "build_traced_network": "training.adapters",
 }
 
 __all__ = sorted(_EXPORTS)
