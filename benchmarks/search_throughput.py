@@ -12,6 +12,7 @@ budget and after a trial budget as a share of the exhaustive front's.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -73,7 +74,7 @@ def main() -> None:
     print(f"profile built in {time.perf_counter() - t0:.1f} s; {n:,} configurations")
 
     objectives = ["miou", "latency"]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = ExhaustiveSearcher(n_jobs=args.jobs, dtype=args.dtype).search(
         ev, space, objectives=objectives, bounds=Bounds())
     wall = time.perf_counter() - started
@@ -82,6 +83,9 @@ def main() -> None:
     print(f"exhaustive ({args.jobs} jobs, dtype {args.dtype or 'auto'}): {wall:.2f} s, "
           f"{result.n_evaluated / wall:,.0f} configurations/s, peak RSS {peak_mib:.0f} MiB "
           f"(largest process), front 1: {result.fronts.count(1)} candidates")
+    if args.jobs == 1:  # CPU time of this process: what the search costs when the CPU is not shared
+        print(f"  CPU time {time.process_time() - cpu_started:.2f} s "
+              f"(load average while running: {os.getloadavg()[0]:.1f})")
 
     sample = [e.config for e in result.candidates[:20]] or [Configuration(exits=())]
     ref = reference_seconds_per_config(ev, sample)
@@ -95,7 +99,7 @@ def main() -> None:
     base = ev.baseline()
     reference = np.array([0.0, 2 * base.latency_ms])
     hv_exhaustive = hypervolume_2d(front, reference)
-    for label, kwargs in (("after {:.0f} s".format(args.optuna_seconds),
+    for label, kwargs in ((f"after {args.optuna_seconds:.0f} s",
                            {"n_trials": 10**9, "timeout_s": args.optuna_seconds}),
                           (f"after {args.optuna_trials:,} trials",
                            {"n_trials": args.optuna_trials})):
