@@ -40,8 +40,9 @@ class ExhaustiveSearcher:
     name = "exhaustive"
 
     def __init__(self, *, n_jobs: int = 1, max_front: int = 3, cap: int = 2000,
-                 dtype: str | None = None) -> None:
+                 dtype: str | None = None, backend: str = "loky") -> None:
         self.n_jobs, self.max_front, self.cap, self.dtype = n_jobs, max_front, cap, dtype
+        self.backend = backend
 
     def search(self, ev: Evaluator, space: SearchSpace, *, objectives: list[str],
                bounds: Bounds, progress: Progress | None = None) -> SearchResult:
@@ -75,7 +76,8 @@ class ExhaustiveSearcher:
         if self.n_jobs == 1:
             results = (_run(kernel, u, objectives, bounds, self.max_front, self.cap) for u in units)
         else:
-            results = Parallel(n_jobs=self.n_jobs, return_as="generator_unordered")(jobs)
+            results = Parallel(n_jobs=self.n_jobs, backend=self.backend,
+                               return_as="generator_unordered")(jobs)
         for done, r in enumerate(results, start=1):
             archive.merge(r.archive)
             n_evaluated += r.n_evaluated
