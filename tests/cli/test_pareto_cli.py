@@ -131,13 +131,34 @@ def test_bad_input_says_what_is_wrong_and_stores_nothing(store, kwargs, message)
     assert _runs(url) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="dse/cli/_app.py imports click, which typer 0.29 no "
-                   "longer installs: every user error ends in ModuleNotFoundError")
-def test_cli_user_error_is_one_line_exit_2(store, capsys) -> None:
+@pytest.mark.parametrize(("args", "message"), [
+    (["--min-miou", "0.999"], "error: no configuration meets mIoU >= 0.9990"),
+    (["--th-pix", "0.55"], "error: th_pix 0.55 is not a confidence-histogram edge"),
+    (["--th-pix", "abc"], "error: --th-pix takes comma-separated numbers"),
+    (["--min-miou", "2"], "error: min_miou must lie in [0, 1]"),
+    (["--model", "nope"], "error: "),
+])
+def test_cli_user_error_is_one_line_exit_2(store, capsys, args, message) -> None:
     url, _ = store
-    assert main(["pareto", "--db", url, "--device", "box", "--min-miou", "0.999"]) == 2
+    assert main(["pareto", "--db", url, "--device", "box", *args]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: no configuration meets") and "\n" not in err
+    assert err.startswith(message) and "\n" not in err and "Traceback" not in err
+    assert _runs(url) == 0
+
+
+def test_missing_latency_names_the_profile_command(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    data = random_accuracy(rng, num_positions=2, heads=1, num_samples=6)
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    _fill(url, data, random_costs(rng, data))
+    engine = open_store(url)
+    with session_scope(engine) as s:
+        repo.upsert_device(s, name="other", fingerprint={"cpu": "x"})
+    engine.dispose()
+    assert main(["pareto", "--db", url, "--device", "other"]) == 2
+    err = capsys.readouterr().err
+    assert "dse profile --checkpoint CKPT --device other" in err and "\n" not in err.strip()
+    assert _runs(url) == 0
 
 
 def test_optuna_workers_join_one_study_in_the_store(store, capsys) -> None:
