@@ -24,6 +24,9 @@ from dse.pareto import OBJECTIVES, ParetoArchive, dominated_by_front, top_fronts
 from dse.space import SearchSpace
 
 
+_POOL_ROWS = 512  # prefixes pooled per final-level GEMM (bounded memory, better BLAS efficiency)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Bounds:
     """Resolved constraints on the objectives (None: unconstrained)."""
@@ -111,8 +114,28 @@ class CascadeKernel:
             state.evaluate(out, prefix, np.arange(a, b))
             if self.max_exits > 1:
                 rows = np.concatenate([notpass[a - lo: b - lo], out[0]], axis=1)
-                self._expand(state, rows, np.arange(a, b)[:, None], p1, ycat, notpass, lo)
+                self._child(state, rows, np.arange(a, b)[:, None], p1, ycat, notpass, lo)
+        for r in sorted(state.buffers):
+            self._flush(state, r, ycat, notpass, lo)
         return state.result()
+
+    def _child(self, state: _UnitState, rows: np.ndarray, prefix: np.ndarray, last: int,
+               ycat: np.ndarray, notpass: np.ndarray, lo: int) -> None:
+        """Expand a prefix group now, or, when its expansions are the last level, pool it with
+        other groups ending at the same position so the final GEMMs have more rows."""
+        if prefix.shape[1] < self.max_exits - 1:
+            self._expand(state, rows, prefix, last, ycat, notpass, lo)
+            return
+        state.buffers.setdefault(last, []).append((rows, prefix))
+        if sum(len(p) for _, p in state.buffers[last]) >= _POOL_ROWS:
+            self._flush(state, last, ycat, notpass, lo)
+
+    def _flush(self, state: _UnitState, last: int, ycat: np.ndarray, notpass: np.ndarray,
+               lo: int) -> None:
+        pooled = state.buffers.pop(last, [])
+        if pooled:
+            self._expand(state, np.concatenate([r for r, _ in pooled]),
+                         np.concatenate([p for _, p in pooled]), last, ycat, notpass, lo)
 
     def _expand(self, state: _UnitState, rows: np.ndarray, prefix: np.ndarray, last: int,
                 ycat: np.ndarray, notpass: np.ndarray, lo: int) -> None:
@@ -130,8 +153,8 @@ class CascadeKernel:
             reach = (rows[:, None, :s] * notpass[None, a - lo: b - lo, :]).reshape(-1, s)
             new_prefix = np.concatenate([np.repeat(prefix, b - a, axis=0),
                                          np.tile(np.arange(a, b), len(prefix))[:, None]], axis=1)
-            self._expand(state, np.concatenate([reach, acc], axis=1), new_prefix, r, ycat,
-                         notpass, lo)
+            self._child(state, np.concatenate([reach, acc], axis=1), new_prefix, r, ycat,
+                        notpass, lo)
 
 
 class _UnitState:
@@ -144,6 +167,7 @@ class _UnitState:
         self.closest_violation = np.inf
         self.closest_payload: np.ndarray | None = None
         self.collected: list[tuple[np.ndarray, dict[str, np.ndarray]]] | None = None
+        self.buffers: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
 
     def evaluate(self, out: np.ndarray, prefix: np.ndarray, cols: np.ndarray) -> None:
         c, s = self.k.num_classes, self.k.num_samples
@@ -151,12 +175,14 @@ class _UnitState:
         # unions are whole pixel counts: max(union, 1) divides exactly where union > 0 and
         # gives 0 / 1 where a class is absent, with no masked division
         iou_sum = (tp / np.maximum(union, 1)).sum(axis=-1)
-        values = {
-            "miou": (iou_sum / np.maximum(np.count_nonzero(union, axis=-1), 1)).ravel(),
-            "latency": out[..., 2 * c + 1].ravel() / s,
-            "gflops": out[..., 2 * c + 2].ravel() / s,
-            "early": out[..., 2 * c].ravel(),  # images answered by an early exit
-        }
+        values = {"miou": (iou_sum / np.maximum(np.count_nonzero(union, axis=-1), 1)).ravel()}
+        every = self.collected is not None
+        if every or "latency" in self.names or self.bounds.max_latency_ms is not None:
+            values["latency"] = out[..., 2 * c + 1].ravel() / s
+        if every or "gflops" in self.names or self.bounds.max_gflops is not None:
+            values["gflops"] = out[..., 2 * c + 2].ravel() / s
+        if every:
+            values["early"] = out[..., 2 * c].ravel()  # images answered by an early exit
         n = values["miou"].size
         self.n_evaluated += n
         feasible, violation = self._feasible(values)
