@@ -23,7 +23,6 @@ from dse.evaluate import Evaluator
 from dse.pareto import OBJECTIVES, ParetoArchive, dominated_by_front, top_fronts
 from dse.space import SearchSpace
 
-
 _POOL_ROWS = 512  # prefixes pooled per final-level GEMM (bounded memory, better BLAS efficiency)
 
 
