@@ -123,7 +123,7 @@ def _print(stored, json_output: bool) -> None:  # type: ignore[no-untyped-def]
         table.add_row(f"{c.index}{mark}", str(c.front), "\n".join(c.exits),
                       ",".join(f"{t:g}" for t in c.th_pix), f"{c.th_img:g}", f"{c.miou:.4f}",
                       f"{c.latency_ms:.3f}", f"{c.latency_p95_ms:.3f}", f"{c.gflops:.3f}",
-                      " ".join(f"{v:.0%}" for v in c.exit_rates.values()))
+                      " ".join(f"{c.exit_rates.get(e, 0.0):.0%}" for e in c.exits))
     console.print(table)
     later = sum(c.front > 1 for c in stored.candidates)
     console.print(f"{later} more candidates on fronts 2..{max(c.front for c in stored.candidates)} "
