@@ -87,3 +87,21 @@ def test_threads_are_restored(engine, tiny_network, model_id) -> None:
                     input_size=(32, 32), settings=LatencySettings(
                         threads=2, timing=FAST.timing, closed_loop=False))
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_half_precision_on_cuda_is_its_own_profile(engine, model_id) -> None:
+    from training.adapters import build_network
+
+    torch.manual_seed(0)
+    net = build_network("fcn_resnet18", num_classes=6, head_space=["nocrm-b0-fcn"],
+                        positions=["layer2.1"]).eval()
+    cuda = torch.device("cuda")
+    half = LatencySettings(dtype=torch.float16, timing=FAST.timing, max_paths=1)
+    result = profile_latency(engine, net, model_id=model_id, device_name="gpu",
+                             input_size=(64, 64), device=cuda, settings=half)
+    assert result.device.fingerprint["gpu"] and result.device.fingerprint["dtype"] == "float16"
+    with session_scope(engine) as s:
+        rows = repository.load_latency(s, model_id=model_id, device_id=result.device.id)
+    assert rows and all(r.dtype == "float16" for r in rows)
