@@ -2,6 +2,7 @@
 
 from dse.cli import (
     _db,  # noqa: F401
+    _demo,  # noqa: F401
     _deploy,  # noqa: F401
     _inspect,  # noqa: F401
     _pareto,  # noqa: F401

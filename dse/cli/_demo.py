@@ -1,0 +1,130 @@
+"""`dse demo`: the whole pipeline on the built-in data and this CPU, in a few minutes.
+
+Train a small MESS network (both stages) on the procedural dataset, profile its accuracy once
+and this CPU's latency as two devices (all cores, one thread), search both, write one report
+that overlays the two fronts. Every step reuses what the store and the output folder already
+hold, so a second run finishes in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dse.cli._app import DEFAULT_DB, DbOption, app, console, err_console
+from dse.errors import DseError
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoPlan:
+    """The demo's fixed recipe: small enough for 2 CPU cores, rich enough to show trade-offs."""
+
+    arch: str = "fcn_resnet18"
+    input_size: tuple[int, int] = (64, 64)
+    heads: tuple[str, ...] = ("crm64-b0-fcn", "crm64-b1-fcn", "nocrm-b0-fcn", "crm64-b1-rdi-deeplabv3")
+    train_size: int = 384
+    val_size: int = 64
+    calib_size: int = 200
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 0.02
+    max_exits: int = 2
+    seed: int = 0
+
+
+def _check_out_dir(out: Path) -> None:
+    """Create the output folder and prove it is writable before any work starts."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".dse-demo-{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DseError(f"cannot write in output folder {out} ({exc.strerror or exc}); "
+                       f"choose another --out") from exc
+
+
+def _device_names(threads: int) -> tuple[tuple[str, int], ...]:
+    """Honest names: this CPU with all its threads, and the same CPU pinned to one thread."""
+    names = [(f"this-cpu-{threads}threads", threads)]
+    if threads > 1:
+        names.append(("this-cpu-1thread", 1))
+    return tuple(names)
+
+
+def _train(plan: DemoPlan, checkpoint: Path) -> None:
+    from dse.cli._train import _RichProgress, _summary
+    from training.runner import TrainRequest, run_training
+    from training.train import TrainConfig
+
+    base = TrainConfig(mode="stage1", epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr,
+                       seed=plan.seed)
+    request = TrainRequest(
+        arch=plan.arch, data="synthetic", out=str(checkpoint), stage="both",
+        input_size=plan.input_size, base=base, head_space=plan.heads,
+        train_size=plan.train_size, val_size=plan.val_size, resume=checkpoint.exists(),
+    )
+    with _RichProgress(json_lines=False) as progress:
+        outcome = run_training(request, progress=progress)
+    _summary(outcome, json_output=False)
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the checkpoint and report.html.")] = Path("dse-demo"),
+    db: DbOption = DEFAULT_DB,
+) -> None:
+    """Run the whole pipeline on built-in data and this CPU: train, profile, search, report."""
+    import torch
+
+    from db.session import open_store, parse_url, session_scope
+    from dse.cli._pareto import _print
+    from dse.cli._profile import profile_command
+    from dse.constraints import Constraints
+    from dse.report import check_output_path, write_report
+    from dse.run import SearchRequest, run_search
+
+    plan = DemoPlan()
+    _check_out_dir(out)
+    report_path = out / "report.html"
+    check_output_path(str(report_path))
+    open_store(db, create=True).dispose()  # a store of another schema stops us before training
+
+    checkpoint = out / "demo.pt"
+    console.rule("1/4 train: two-stage MESS network on the procedural dataset")
+    _train(plan, checkpoint)
+
+    threads = torch.get_num_threads()
+    devices = _device_names(threads)
+    for step, (name, n) in enumerate(devices):
+        console.rule(f"2/4 profile: {'accuracy once, then ' if step == 0 else ''}latency on {name}")
+        profile_command(
+            checkpoint=checkpoint, device=name, data="synthetic", data_root=None, split="calib",
+            limit=plan.calib_size, input_size=None, accuracy=step == 0, latency=True,
+            compute="cpu", dtype="float32", threads=n, repeat=20, min_time=0.0, warmup=3,
+            batch=1, batch_size=16, name="demo-" + plan.arch, db=db, json_output=False,
+        )
+
+    console.rule("3/4 search: exhaustive Pareto fronts per device")
+    url = parse_url(db).render_as_string(hide_password=False)
+    engine = open_store(db)
+    run_ids = []
+    try:
+        for name, _ in devices:
+            request = SearchRequest(device=name, model="demo-" + plan.arch,
+                                    max_exits=plan.max_exits,
+                                    constraints=Constraints(max_drop_pp=1.0, target="speed"))
+            stored = run_search(engine, url, request)
+            _print(stored, json_output=False)
+            run_ids.append(stored.run.id)
+        console.rule("4/4 report")
+        with session_scope(engine, readonly=True) as s:
+            written = write_report(s, run_ids, str(report_path))
+    finally:
+        engine.dispose()
+    console.print(f"report: {written}")
+    err_console.print(f"next: open {written} in a browser; `dse --help` lists every command")
