@@ -78,6 +78,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--scratch", action="store_true", help="no ImageNet backbone weights")
+    p.add_argument(
+        "--monitor-val", type=int, default=16,
+        help="per-epoch validation on the first N val images only (progress, not selection); "
+        "the full val split is evaluated once at the end",
+    )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="smoke test: tiny data, 1 epoch each")
     return p.parse_args(argv)
 
@@ -100,7 +105,7 @@ def _request(
         resume=reuse, init=None if reuse else (str(init) if init else None),
         head_space=tuple(a.head_space.split(",")), positions=tuple(a.positions.split(",")),
         pretrained_backbone=not a.scratch,
-        train_size=8 if a.quick else None, val_size=4 if a.quick else None,
+        train_size=8 if a.quick else None, val_size=4 if a.quick else a.monitor_val,
     )  # fmt: skip
 
 
@@ -125,6 +130,12 @@ def _evaluate(a: argparse.Namespace, path: Path, *, exits: bool) -> dict[str, fl
     )  # fmt: skip
     ids = list(network.exit_ids) if exits else []
     return evaluate_exits(network.to(a.device), val, exit_ids=ids, batch_size=8, device=a.device)
+
+
+def _spent(path: Path) -> dict[str, float]:
+    """Epochs and wall minutes the checkpoint's last mode trained (from its train_state)."""
+    state = read_checkpoint(path).get("train_state") or {}
+    return {"epochs": int(state.get("epoch", 0)), "minutes": float(state.get("elapsed_s", 0)) / 60}
 
 
 def _table(results: dict[str, dict[str, float]], exit_ids: list[str]) -> str:
@@ -162,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             "e2e": _evaluate(a, e2e, exits=True),
             "single": _evaluate(a, single, exits=False),
         }
+        spent = {name: _spent(path) for name, path in
+                 [("stage1", stage1), ("pfd", pfd), ("ic_only", ic), ("e2e", e2e),
+                  ("single", single)]}  # fmt: skip
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -171,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (QUICK smoke test: meaningless numbers)' if a.quick else ''}")  # fmt: skip
     print(_table(results, exit_ids))
     print(f"stage-1 network alone: final {100 * results['stage1']['final']:.1f}")
+    for name, used in spent.items():
+        print(f"{name}: {used['epochs']} epochs in {used['minutes']:.1f} min")
     print(f"total wall time {(time.perf_counter() - started) / 60:.1f} min; checkpoints in {out}")
-    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+    (out / "results.json").write_text(json.dumps({**results, "spent": spent}, indent=1, sort_keys=True))
     return 0
 
 

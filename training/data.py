@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 
 import torch
@@ -142,6 +143,55 @@ def augment_pair(
     return image.contiguous(), label.contiguous()
 
 
+_SLICE = re.compile(r"^(?P<base>[^\[\]]+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
+
+
+def parse_split(split: str) -> tuple[str, int | None, int | None]:
+    """``val[0:50]`` -> ("val", 0, 50); ``val`` -> ("val", None, None); ``val[50:]`` -> stop None.
+
+    A slice selects images of a split by position (Python slice bounds, non-negative, no step),
+    so one split can be cut into a selection part and a held-out part.
+
+    Raises:
+        TrainingError: brackets that are not ``[start:stop]`` or an empty range.
+    """
+    if "[" not in split and "]" not in split:
+        return split, None, None
+    match = _SLICE.match(split.strip())
+    if match is None:
+        raise TrainingError(
+            f"split {split!r} is not NAME or NAME[START:STOP] (e.g. val[0:50]); fix --split"
+        )
+    start = int(match["start"]) if match["start"] else None
+    stop = int(match["stop"]) if match["stop"] else None
+    if start is not None and stop is not None and stop <= start:
+        raise TrainingError(f"split {split!r} selects no images: stop must be above start")
+    return match["base"].strip(), start, stop
+
+
+class SliceDataset(SegmentationDataset):
+    """Images ``start:stop`` of another dataset, same name, classes and sample ids (a subset).
+
+    ``split`` keeps the slice (``val[0:50]``), so its content hash differs from the whole split's
+    and from the other part's, while each image keeps the id it has in the whole split.
+    """
+
+    def __init__(
+        self, base: SegmentationDataset, *, split: str, start: int, stop: int, augment: bool
+    ) -> None:
+        super().__init__(
+            split=split, input_size=base.input_size, sample_ids=base.sample_ids[start:stop],
+            augment=augment, seed=base.seed, scale_range=base.scale_range,
+        )  # fmt: skip
+        self.name = base.name
+        self.class_names = base.class_names
+        self.base = base
+        self.start = start
+
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base.raw(self.start + index)
+
+
 def build_dataset(
     name: str,
     *,
@@ -157,17 +207,37 @@ def build_dataset(
     Args:
         name: ``synthetic`` (built-in, no root), ``camvid``, ``voc`` or ``cityscapes``.
         root: folder of a folder dataset.
-        split: ``train``, ``val`` or ``test`` (VOC: any ImageSets/Segmentation list name).
+        split: ``train``, ``val`` or ``test`` (VOC: any ImageSets/Segmentation list name), or a
+            slice of one by image position, ``val[0:50]``, ``val[50:]`` (see `parse_split`).
         input_size: (H, W) every sample is resized to.
         augment: random scale/crop/flip (training only).
         seed: synthetic content seed and augmentation seed.
-        size: number of samples (synthetic: required count, default 64; folders: first N).
+        size: number of samples (synthetic: required count, default 64; folders: first N). With a
+            slice: the first N images of the slice (synthetic generates the split up to the
+            slice's stop, default 64).
 
     Raises:
-        TrainingError: unknown name, missing or malformed folder, labels out of range.
+        TrainingError: unknown name, missing or malformed folder, labels out of range, a slice
+            outside the split.
     """
     if size is not None and size <= 0:
         raise TrainingError(f"dataset size must be positive, got {size}")
+    base_split, start, stop = parse_split(split)
+    if base_split != split:
+        whole = build_dataset(
+            name, root=root, split=base_split, input_size=input_size, seed=seed,
+            size=(stop or 64) if name == "synthetic" else None,
+        )  # fmt: skip
+        first = start or 0
+        last = len(whole) if stop is None else stop
+        if last > len(whole) or first >= len(whole):
+            raise TrainingError(
+                f"split {split!r} asks for images {first}..{last - 1} but '{base_split}' of "
+                f"'{name}' has {len(whole)}; use bounds within 0:{len(whole)}"
+            )
+        if size is not None:
+            last = min(last, first + size)
+        return SliceDataset(whole, split=split, start=first, stop=last, augment=augment)
     if name == "synthetic":
         from training._synthetic import SyntheticDataset
 

@@ -164,3 +164,41 @@ def test_cityscapes_layout_maps_label_ids_to_train_ids(tmp_path: Path) -> None:
     ds = build_dataset("cityscapes", root=str(tmp_path), split="val", input_size=(2, 4))
     assert ds.num_classes == 19 and ds.sample_ids == ["city/city_0_0"]
     assert ds[0][1][0].tolist() == [0, 13, IGNORE_INDEX, 18]
+
+
+def test_split_slice_selects_images_by_position_with_stable_ids(tmp_path: Path) -> None:
+    _write_camvid(tmp_path, "val", 5)
+    whole = build_dataset("camvid", root=str(tmp_path), split="val", input_size=(12, 16))
+    head = build_dataset("camvid", root=str(tmp_path), split="val[0:2]", input_size=(12, 16))
+    tail = build_dataset("camvid", root=str(tmp_path), split="val[2:]", input_size=(12, 16))
+    assert head.sample_ids == ["f0", "f1"] and tail.sample_ids == ["f2", "f3", "f4"]
+    assert head.split == "val[0:2]" and head.name == "camvid" and head.num_classes == 11
+    for index in range(3):
+        assert torch.equal(tail[index][0], whole[index + 2][0])
+        assert torch.equal(tail[index][1], whole[index + 2][1])
+    limited = build_dataset(
+        "camvid", root=str(tmp_path), split="val[1:]", input_size=(12, 16), size=2
+    )
+    assert limited.sample_ids == ["f1", "f2"]
+    hashes = {dataset_content_hash(d) for d in (whole, head, tail, limited)}
+    assert len(hashes) == 4  # each part is its own calibration set
+
+
+def test_split_slice_on_synthetic_matches_the_whole_split() -> None:
+    whole = build_dataset("synthetic", split="val", input_size=(16, 16), size=6)
+    part = build_dataset("synthetic", split="val[4:6]", input_size=(16, 16))
+    assert part.sample_ids == whole.sample_ids[4:6]
+    assert torch.equal(part.raw(1)[0], whole.raw(5)[0])
+
+
+def test_split_slice_mistakes_are_one_clear_error(tmp_path: Path) -> None:
+    _write_camvid(tmp_path, "val", 3)
+    root = str(tmp_path)
+    with pytest.raises(TrainingError, match=r"has 3; use bounds within 0:3"):
+        build_dataset("camvid", root=root, split="val[1:9]", input_size=(12, 16))
+    with pytest.raises(TrainingError, match="selects no images"):
+        build_dataset("camvid", root=root, split="val[2:2]", input_size=(12, 16))
+    with pytest.raises(TrainingError, match=r"NAME\[START:STOP\]"):
+        build_dataset("camvid", root=root, split="val[-1:]", input_size=(12, 16))
+    with pytest.raises(TrainingError, match="has 3"):
+        build_dataset("camvid", root=root, split="val[3:]", input_size=(12, 16))
