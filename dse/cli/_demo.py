@@ -26,6 +26,9 @@ class DemoPlan:
     arch: str = "fcn_resnet18"
     input_size: tuple[int, int] = (64, 64)
     heads: tuple[str, ...] = ("crm64-b0-fcn", "crm64-b1-fcn", "nocrm-b0-fcn", "crm64-b1-rdi-deeplabv3")
+    # Stride-8 positions only: at 64x64 a stride-4 exit sees more pixels than the final head,
+    # which would make the demo's front about resolution rather than depth.
+    positions: tuple[str, ...] = ("layer2.*", "layer3.*", "layer4.0")
     train_size: int = 384
     val_size: int = 64
     calib_size: int = 200
@@ -33,6 +36,7 @@ class DemoPlan:
     batch_size: int = 16
     lr: float = 0.02
     max_exits: int = 2
+    repeat: int = 20
     seed: int = 0
 
 
@@ -65,7 +69,7 @@ def _train(plan: DemoPlan, checkpoint: Path) -> None:
                        seed=plan.seed)
     request = TrainRequest(
         arch=plan.arch, data="synthetic", out=str(checkpoint), stage="both",
-        input_size=plan.input_size, base=base, head_space=plan.heads,
+        input_size=plan.input_size, base=base, head_space=plan.heads, positions=plan.positions,
         train_size=plan.train_size, val_size=plan.val_size, resume=checkpoint.exists(),
     )
     with _RichProgress(json_lines=False) as progress:
@@ -79,6 +83,11 @@ def demo_command(
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """Run the whole pipeline on built-in data and this CPU: train, profile, search, report."""
+    run_demo(DemoPlan(), out=out, db=db)
+
+
+def run_demo(plan: DemoPlan, *, out: Path, db: str) -> Path:
+    """The demo's steps in order; returns the report path. Checks everything before step 1."""
     import torch
 
     from db.session import open_store, parse_url, session_scope
@@ -88,7 +97,6 @@ def demo_command(
     from dse.report import check_output_path, write_report
     from dse.run import SearchRequest, run_search
 
-    plan = DemoPlan()
     _check_out_dir(out)
     report_path = out / "report.html"
     check_output_path(str(report_path))
@@ -100,13 +108,14 @@ def demo_command(
 
     threads = torch.get_num_threads()
     devices = _device_names(threads)
+    model_name = "demo-" + plan.arch
     for step, (name, n) in enumerate(devices):
         console.rule(f"2/4 profile: {'accuracy once, then ' if step == 0 else ''}latency on {name}")
         profile_command(
             checkpoint=checkpoint, device=name, data="synthetic", data_root=None, split="calib",
             limit=plan.calib_size, input_size=None, accuracy=step == 0, latency=True,
-            compute="cpu", dtype="float32", threads=n, repeat=20, min_time=0.0, warmup=3,
-            batch=1, batch_size=16, name="demo-" + plan.arch, db=db, json_output=False,
+            compute="cpu", dtype="float32", threads=n, repeat=plan.repeat, min_time=0.0,
+            warmup=3, batch=1, batch_size=16, name=model_name, db=db, json_output=False,
         )
 
     console.rule("3/4 search: exhaustive Pareto fronts per device")
@@ -115,8 +124,7 @@ def demo_command(
     run_ids = []
     try:
         for name, _ in devices:
-            request = SearchRequest(device=name, model="demo-" + plan.arch,
-                                    max_exits=plan.max_exits,
+            request = SearchRequest(device=name, model=model_name, max_exits=plan.max_exits,
                                     constraints=Constraints(max_drop_pp=1.0, target="speed"))
             stored = run_search(engine, url, request)
             _print(stored, json_output=False)
@@ -128,3 +136,4 @@ def demo_command(
         engine.dispose()
     console.print(f"report: {written}")
     err_console.print(f"next: open {written} in a browser; `dse --help` lists every command")
+    return Path(written)
