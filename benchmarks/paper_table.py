@@ -1,0 +1,238 @@
+"""Benchmark (not a test): the MESS paper's table for one trained network, measured on this CPU.
+
+Selection and report use different images of one split (CamVid's test split is withheld):
+
+1. `dse profile` on the selection part (`val[0:50]`): accuracy profile, then the latency
+   profile of this machine (`--device`, batch 1).
+2. `dse pareto` three times, the paper's targets against the baseline (the final exit alone):
+   max mIoU at a latency no higher than the baseline's (`--target accuracy`), min latency within
+   0.1 and 1 pp of the baseline's mIoU (`--target speed --max-drop-pp 0.1|1`).
+3. `dse verify` of each chosen candidate and of the baseline on the held-out part
+   (`val[50:101]`): the real cascade image by image, measured mIoU and measured latency.
+
+Prints one row per target: mIoU predicted on the selection images, mIoU measured on the held-out
+images, GFLOPs, predicted and measured mean latency, speed-up over the baseline (measured and
+predicted). Everything goes through the `dse` CLI (`--json`), so the store `--db` holds the
+profiles, runs and verifications afterwards (`dse report --runs ...` plots them).
+
+`scale`: the search at the paper's scale, `deeplabv3_resnet50` with the default head space
+(16 positions x 20 heads = 320 candidate exits) and RANDOM weights (seeded; no pretrained weights
+offline), so its mIoU means nothing: an accuracy profile on a few CamVid images at a small size,
+a latency profile on this CPU, then `dse pareto --max-exits K`; prints how many configurations
+were evaluated and how long each step took.
+
+    .venv/bin/python benchmarks/paper_table.py table --checkpoint /tmp/mess-bench/camvid/pfd.pt \\
+        --db /tmp/mess-bench/paper.db --device cpu-2t --threads 2
+    .venv/bin/python benchmarks/paper_table.py scale --db /tmp/mess-bench/scale.db \\
+        --input-size 96x128 --images 8 --max-exits 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "camvid"
+DSE = str(Path(sys.executable).parent / "dse")
+TARGETS = (
+    ("max mIoU, latency <= baseline", ["--target", "accuracy"]),
+    ("min latency, drop <= 0.1 pp", ["--target", "speed", "--max-drop-pp", "0.1"]),
+    ("min latency, drop <= 1 pp", ["--target", "speed", "--max-drop-pp", "1"]),
+)
+
+
+class BenchmarkError(Exception):
+    """A dse command failed; the message is its stderr."""
+
+
+def _dse(args: list[str]) -> list[dict[str, Any]]:
+    """Run `dse ARGS --json`; one dict per JSON line of its stdout."""
+    started = time.perf_counter()
+    done = subprocess.run([DSE, *args, "--json"], capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    print(f"  dse {' '.join(args[:1])}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    if done.returncode != 0:
+        raise BenchmarkError(f"dse {' '.join(args)} failed: {done.stderr.strip()}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("table", help="the paper's table for a trained checkpoint")
+    p.add_argument("--checkpoint", required=True, help="trained MESS checkpoint (e.g. pfd.pt)")
+    q = sub.add_parser("scale", help="search scale: deeplabv3_resnet50, random weights")
+    q.add_argument("--arch", default="deeplabv3_resnet50")
+    q.add_argument("--input-size", default="96x128", help="HxW of both profiles")
+    q.add_argument("--images", type=int, default=8, help="CamVid val images profiled")
+    q.add_argument("--warmup", type=int, default=1)
+    for r in (p, q):
+        r.add_argument("--db", required=True, help="store (SQLite file or URL); created if missing")
+        r.add_argument("--device", default="cpu-2t", help="name of this machine in the store")
+        r.add_argument("--data", default="camvid")
+        r.add_argument("--data-root", default=str(DEFAULT_DATA))
+        r.add_argument("--threads", type=int, default=2)
+    q.add_argument("--repeat", type=int, default=3, help="latency profile: timed runs")
+    q.add_argument("--max-exits", type=int, default=2)
+    p.add_argument("--select", default="val[0:50]", help="split part to profile and select on")
+    p.add_argument("--held-out", default="val[50:101]", help="split part to report on")
+    p.add_argument("--repeat", type=int, default=20, help="latency profile: timed runs")
+    p.add_argument("--verify-repeat", type=int, default=3, help="dse verify: timed runs/image")
+    p.add_argument("--max-exits", type=int, default=3)
+    p.add_argument("--json-out", default=None, help="also write the rows to this JSON file")
+    return parser.parse_args(argv)
+
+
+def _search(a: argparse.Namespace, extra: list[str]) -> tuple[int, dict[str, Any], list[dict]]:
+    """One `dse pareto` run: (run id, chosen candidate, all stored candidates)."""
+    rows = _dse(["pareto", "--device", a.device, "--max-exits", str(a.max_exits),
+                 "--db", a.db, *extra])  # fmt: skip
+    chosen = [r for r in rows if r["chosen"]]
+    if not rows or not chosen:
+        raise BenchmarkError(f"dse pareto {' '.join(extra)} stored no chosen candidate")
+    return int(rows[0]["run"]), chosen[0], rows
+
+
+def _verify(a: argparse.Namespace, run: int, candidate: int) -> dict[str, Any]:
+    return _dse(["verify", "--run", str(run), "--candidate", str(candidate),
+                 "--checkpoint", a.checkpoint, "--data", a.data, "--data-root", a.data_root,
+                 "--split", a.held_out, "--repeat", str(a.verify_repeat), "--db", a.db])[0]  # fmt: skip
+
+
+def _row(title: str, cand: dict[str, Any], verified: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "target": title, "run": cand["run"], "candidate": cand["candidate"],
+        "exits": cand["exits"], "th_pix": cand["th_pix"], "th_img": cand["th_img"],
+        "miou_selection_predicted": cand["miou"], "miou_heldout_measured": verified["measured_miou"],
+        "gflops": cand["gflops"], "latency_predicted_ms": cand["latency_ms"],
+        "latency_measured_ms": verified["measured_latency_ms"],
+        "exit_rates_heldout": verified.get("measured_exit_rates"),
+    }  # fmt: skip
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    base = rows[0]
+    print("| config target | exits (th_pix, th_img) | mIoU selection, predicted | "
+          "mIoU held-out, measured | GFLOPs | latency predicted ms | latency measured ms | "
+          "speed-up measured (predicted) |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        early = [e for e in r["exits"] if e != "final"]
+        exits = (
+            "final only"
+            if not early
+            else (
+                ", ".join(early) + f" ({'/'.join(f'{t:g}' for t in r['th_pix'])}, {r['th_img']:g})"
+            )
+        )
+        speed_m = base["latency_measured_ms"] / r["latency_measured_ms"]
+        speed_p = base["latency_predicted_ms"] / r["latency_predicted_ms"]
+        print(f"| {r['target']} | {exits} | {100 * r['miou_selection_predicted']:.2f} | "
+              f"{100 * r['miou_heldout_measured']:.2f} | {r['gflops']:.3f} | "
+              f"{r['latency_predicted_ms']:.2f} | {r['latency_measured_ms']:.2f} | "
+              f"{speed_m:.2f}x ({speed_p:.2f}x) |")  # fmt: skip
+
+
+def scale(a: argparse.Namespace) -> int:
+    """Profile a random-weight paper-scale network with the library, then search with the CLI."""
+    import torch
+
+    from db import repository
+    from db.session import open_store, session_scope
+    from dse.cli._profile import _register_model
+    from profiling.accuracy import profile_accuracy
+    from profiling.latency import LatencySettings, profile_latency
+    from profiling.timing import TimingSettings
+    from training.adapters import build_network
+    from training.data import build_dataset
+    from training.heads import default_head_space
+
+    torch.set_num_threads(a.threads)
+    h, w = (int(v) for v in a.input_size.lower().split("x"))
+    data = build_dataset(a.data, root=a.data_root, split="val", input_size=(h, w), size=a.images)
+    torch.manual_seed(0)
+    network = build_network(a.arch, num_classes=data.num_classes,
+                            head_space=list(default_head_space())).eval()  # fmt: skip
+    params = sum(p.numel() for p in network.parameters())
+    print(f"{a.arch}, RANDOM weights (seed 0): {len(network.positions)} positions, "
+          f"{len(network.exits)} candidate exits, {params / 1e9:.2f} G parameters; "
+          f"{a.input_size}, {len(data)} {a.data} val images, {a.threads} threads")  # fmt: skip
+    engine = open_store(a.db, create=True)
+    try:
+        model_id, _ = _register_model(engine, network, f"{a.arch}-random", (h, w))
+        started = time.perf_counter()
+        acc = profile_accuracy(engine, network, data, model_id=model_id)
+        acc_s = time.perf_counter() - started
+        print(f"accuracy profile: {acc.measured_samples} images x {len(network.exits) + 1} "
+              f"exits in {acc_s:.1f} s")  # fmt: skip
+        started = time.perf_counter()
+        timing = TimingSettings(warmup=a.warmup, repeat=a.repeat)
+        lat = profile_latency(
+            engine, network, model_id=model_id, device_name=a.device, input_size=(h, w),
+            settings=LatencySettings(threads=a.threads, timing=timing),
+        )  # fmt: skip
+        lat_s = time.perf_counter() - started
+        print(f"latency profile: {len(lat.measured)} components measured "
+              f"({len(lat.skipped)} already stored), {len(lat.paths)} closed-loop paths, "
+              f"warm-up {a.warmup}, repeat {a.repeat}: {lat_s:.1f} s")  # fmt: skip
+        del network
+        try:
+            rows = _dse(["pareto", "--device", a.device, "--model", str(model_id),
+                         "--max-exits", str(a.max_exits), "--db", a.db])  # fmt: skip
+        except BenchmarkError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        with session_scope(engine, readonly=True) as s:
+            run = repository.get_search_run(s, int(rows[0]["run"]))
+        front1 = sum(r["front"] == 1 for r in rows)
+        print(f"dse pareto --max-exits {a.max_exits} (run {run.id}): {run.n_evaluated:,} "
+              f"configurations in {run.duration_s:.1f} s "
+              f"({run.n_evaluated / max(run.duration_s, 1e-9):,.0f}/s); "
+              f"{len(rows)} candidates stored, {front1} on front 1")  # fmt: skip
+    finally:
+        engine.dispose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _args(argv)
+    if a.what == "scale":
+        return scale(a)
+    started = time.perf_counter()
+    try:
+        _dse(["profile", "--checkpoint", a.checkpoint, "--device", a.device, "--data", a.data,
+              "--data-root", a.data_root, "--split", a.select, "--threads", str(a.threads),
+              "--repeat", str(a.repeat), "--batch", "1", "--db", a.db])  # fmt: skip
+        searches = [(title, *_search(a, extra)) for title, extra in TARGETS]
+        # The baseline is the final exit alone: every run evaluates it; verify it where stored.
+        base = next(
+            (c for _, _, _, rows in searches for c in rows if c["exits"] == ["final"]), None
+        )
+        if base is None:
+            raise BenchmarkError("no run stored the final-exit-only configuration to verify")
+        rows = [
+            _row("baseline (final exit only)", base, _verify(a, base["run"], base["candidate"]))
+        ]
+        for title, run, chosen, _ in searches:
+            rows.append(_row(title, chosen, _verify(a, run, chosen["candidate"])))
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{a.checkpoint} on {a.device} ({a.threads} threads, batch 1): selected on "
+          f"{a.data} {a.select}, measured on {a.held_out}; runs "
+          f"{', '.join(str(run) for _, run, _, _ in searches)} in {a.db}")  # fmt: skip
+    _print(rows)
+    print(f"total {(time.perf_counter() - started) / 60:.1f} min")
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
