@@ -46,7 +46,7 @@ def reference_seconds_per_config(ev: Evaluator, configs: list[Configuration]) ->
                     taken = slot
                     break
             row = rows[taken] if taken < len(rows) else len(data.exit_ids)
-            ms += ev.seg_ms[row] if taken < len(rows) else ev.final_ms
+            ms += ev.leave_ms[row] if taken < len(rows) else ev.final_ms
             tp += data.tp[row, s]
             union += data.tp[row, s] + data.fp[row, s] + data.fn[row, s]
             lat.append(ms)

@@ -33,7 +33,7 @@ def _record(row: Latency) -> LatencyRecord:
         mean_ms=row.mean_ms, std_ms=row.std_ms, min_ms=row.min_ms, p50_ms=row.p50_ms,
         p90_ms=row.p90_ms, p99_ms=row.p99_ms, max_ms=row.max_ms,
         samples_ms=from_bytes(row.samples_ms, np.float64, (row.n,)), gflops=row.gflops,
-        params=row.params, created=aware(row.created),
+        params=row.params, created=aware(row.created), predicted_ms=row.predicted_ms,
     )
 
 
@@ -50,13 +50,20 @@ def upsert_latency(
     samples_ms: Sequence[float] | np.ndarray,
     gflops: float,
     params: int,
+    predicted_ms: float | None = None,
 ) -> LatencyRecord:
     """Store the timing samples of one component; a new measurement replaces the old one.
 
-    The key is (model, device, kind, name, input shape, batch, dtype).
+    The key is (model, device, kind, name, input shape, batch, dtype). Kind "path" is a
+    closed-loop check (the real cascade on one forced path) and needs `predicted_ms`, the sum of
+    component means it was compared with; the components themselves take none.
     """
     if kind not in LATENCY_KINDS:
         raise ValueError(f"kind must be one of {LATENCY_KINDS}, got {kind!r}")
+    if (kind == "path") != (predicted_ms is not None):
+        raise ValueError("predicted_ms: needed for kind 'path' and only for it")
+    if predicted_ms is not None and (not np.isfinite(predicted_ms) or predicted_ms < 0):
+        raise ValueError(f"predicted_ms must be finite and >= 0, got {predicted_ms}")
     if not name:
         raise ValueError("name must be a non-empty string")
     if batch < 1:
@@ -75,7 +82,8 @@ def upsert_latency(
     if s.get(Device, device_id) is None:
         raise StorageError(f"unknown device id {device_id}; `dse devices` lists the known ones")
     key = shape_key(input_shape)
-    values = dict(latency_stats(x), samples_ms=to_bytes(x), gflops=float(gflops), params=int(params))
+    values = dict(latency_stats(x), samples_ms=to_bytes(x), gflops=float(gflops), params=int(params),
+                  predicted_ms=None if predicted_ms is None else float(predicted_ms))
     row = Latency(
         model_id=model_id, device_id=device_id, kind=kind, name=name, input_shape=key,
         batch=batch, dtype=dtype, **values,

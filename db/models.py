@@ -170,6 +170,8 @@ class Latency(Base):
     gflops: Mapped[float] = mapped_column(Float)
     params: Mapped[int] = mapped_column(BigInteger)
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    # kind "path" (closed-loop check): the sum of component means the measurement is compared to
+    predicted_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class SearchRun(Base):

@@ -14,7 +14,11 @@ from typing import Any
 
 import numpy as np
 
-LATENCY_KINDS = ("segment", "head", "decision", "final")
+# Components the search adds up, plus "path": a closed-loop check, the real cascade timed end to
+# end on one forced path (name: the exit every image took, or "final"), stored with the sum of
+# component means it was compared with (`predicted_ms`).
+COMPONENT_KINDS = ("segment", "head", "decision", "final", "upsample")
+LATENCY_KINDS = (*COMPONENT_KINDS, "path")
 
 
 def _set(obj: object, name: str, value: object) -> None:
@@ -239,6 +243,14 @@ class LatencyRecord:
     gflops: float
     params: int
     created: datetime
+    predicted_ms: float | None = None  # kind "path" only: the summed component means
+
+    @property
+    def deviation(self) -> float | None:
+        """Kind "path": (measured - predicted) / measured mean; positive when the sum is low."""
+        if self.predicted_ms is None or self.mean_ms <= 0:
+            return None
+        return (self.mean_ms - self.predicted_ms) / self.mean_ms
 
 
 # ----------------------------------------------------------------------------- search

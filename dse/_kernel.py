@@ -7,7 +7,8 @@ configurations is one matrix product. For early exits e_1..e_k with pass_j[s] = 
 
 where base holds the final exit's summed [TP | union] counts and S x its latency/GFLOPs, and row s
 of Y_e = [pass(s) * (counts_e(s) - counts_final(s)) | pass(s) | latency and GFLOPs terms]: an image
-that leaves at e swaps its final-exit counts for e's, and every image that reaches e pays its
+that leaves at e swaps its final-exit counts for e's (and the final exit's cost, upsampling
+included, for the backbone to e plus e's upsampling), and every image that reaches e pays its
 head and decision. Configurations sharing a prefix share R, so the search walks prefixes depth
 first and expands each group of prefixes to every later exit with one GEMM; the prefix sums ride
 along as extra columns of R (against an identity block under Y), so the GEMM also adds them.
@@ -74,8 +75,10 @@ class CascadeKernel:
                                for r in self.rows]) if len(self.rows) else np.zeros((0, s, len(edge_idx)))
         self.th_img = np.asarray(space.th_img, dtype=np.float64)
         self.th_pix = np.asarray(space.th_pix, dtype=np.float64)
-        self.lat = np.stack([ev.seg_ms[self.rows] - ev.final_ms, ev.check_ms[self.rows]], axis=1)
-        self.gfl = np.stack([ev.seg_gflops[self.rows] - ev.final_gflops,
+        # leaving at e swaps the final exit's cost (whole backbone, final head, its upsampling)
+        # for e's (backbone to e, e's upsampling); reaching e adds its head and decision
+        self.lat = np.stack([ev.leave_ms[self.rows] - ev.final_ms, ev.check_ms[self.rows]], axis=1)
+        self.gfl = np.stack([ev.leave_gflops[self.rows] - ev.final_gflops,
                              ev.check_gflops[self.rows]], axis=1)
         self.base = np.concatenate([totals, [0.0, s * ev.final_ms, s * ev.final_gflops]])
         self.max_exits = space.max_exits

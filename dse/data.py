@@ -4,6 +4,10 @@ The search never runs the network. `AccuracyData` holds, per candidate exit and 
 the per-class TP/FP/FN counts and the confidence histogram (device-independent); `CostData` holds
 the mean latency and GFLOPs of every component on one device. Both are built from store records
 by `accuracy_from_records` / `cost_from_records`, or directly in tests.
+
+Latency follows what the deployed cascade pays per image: the backbone segments up to the exit it
+leaves at, the head and decision of every kept exit it reaches, and the bilinear upsampling of the
+answering exit's logits to the input size (one upsampling per image, never one per exit reached).
 """
 
 from __future__ import annotations
@@ -113,7 +117,10 @@ class CostData:
     Attributes:
         segment_ms / segment_gflops: P + 1 values; segment i < P ends at position i, P is "tail".
         head_ms / head_gflops / decision_ms / decision_gflops: per early exit id.
+        upsample_ms / upsample_gflops: per early exit id, its logits to the input size (paid only
+            by the images that leave there).
         final_ms / final_gflops: the final head.
+        final_upsample_ms / final_upsample_gflops: the final head's logits to the input size.
     """
 
     segment_ms: tuple[float, ...]
@@ -124,6 +131,10 @@ class CostData:
     decision_gflops: Mapping[str, float]
     final_ms: float
     final_gflops: float
+    upsample_ms: Mapping[str, float]
+    upsample_gflops: Mapping[str, float]
+    final_upsample_ms: float
+    final_upsample_gflops: float
 
     def __post_init__(self) -> None:
         for name in ("segment_ms", "segment_gflops"):
@@ -132,19 +143,22 @@ class CostData:
             _set(self, name, values)
         if len(self.segment_ms) != len(self.segment_gflops) or not self.segment_ms:
             raise ValueError("segment_ms and segment_gflops must have the same, non-zero length")
-        for name in ("head_ms", "head_gflops", "decision_ms", "decision_gflops"):
+        for name in ("head_ms", "head_gflops", "decision_ms", "decision_gflops", "upsample_ms",
+                     "upsample_gflops"):
             mapping = {str(k): float(v) for k, v in getattr(self, name).items()}
             _check_costs(tuple(mapping.values()), name)
             _set(self, name, MappingProxyType(mapping))
         _check_costs((self.final_ms, self.final_gflops), "final_ms/final_gflops")
+        _check_costs((self.final_upsample_ms, self.final_upsample_gflops),
+                     "final_upsample_ms/final_upsample_gflops")
 
     @property
     def num_positions(self) -> int:
         return len(self.segment_ms) - 1
 
     def missing(self, exit_ids: Sequence[str]) -> list[str]:
-        """Exit ids without a head or decision timing."""
-        maps = (self.head_ms, self.decision_ms)
+        """Exit ids without a head, decision or upsampling timing."""
+        maps = (self.head_ms, self.decision_ms, self.upsample_ms)
         return [e for e in exit_ids if any(e not in m for m in maps)]
 
 
@@ -195,7 +209,10 @@ def cost_from_records(latency, position_names: Sequence[str]) -> CostData:  # ty
     head_gf: dict[str, float] = {}
     dec_ms: dict[str, float] = {}
     dec_gf: dict[str, float] = {}
+    up_ms: dict[str, float] = {}
+    up_gf: dict[str, float] = {}
     final: tuple[float, float] | None = None
+    final_up: tuple[float, float] | None = None
     for row in latency:
         if row.kind == "segment":
             seg[row.name] = (float(row.mean_ms), float(row.gflops))
@@ -205,14 +222,21 @@ def cost_from_records(latency, position_names: Sequence[str]) -> CostData:  # ty
             dec_ms[row.name], dec_gf[row.name] = float(row.mean_ms), float(row.gflops)
         elif row.kind == "final":
             final = (float(row.mean_ms), float(row.gflops))
+        elif row.kind == "upsample" and row.name == FINAL_EXIT:
+            final_up = (float(row.mean_ms), float(row.gflops))
+        elif row.kind == "upsample":
+            up_ms[row.name], up_gf[row.name] = float(row.mean_ms), float(row.gflops)
+        # kind "path" rows are closed-loop checks, not components
     missing = [n for n in names if n not in seg] + ([] if final is not None else ["final head"])
+    missing += [] if final_up is not None else ["the final upsampling"]
     if missing:
         raise DseError(f"latency profile incomplete (no timing of {', '.join(missing[:3])}); "
                        "re-run `dse profile --latency` for this device")
-    assert final is not None
+    assert final is not None and final_up is not None
     return CostData(
         segment_ms=tuple(seg[n][0] for n in names),
         segment_gflops=tuple(seg[n][1] for n in names),
         head_ms=head_ms, head_gflops=head_gf, decision_ms=dec_ms, decision_gflops=dec_gf,
-        final_ms=final[0], final_gflops=final[1],
+        final_ms=final[0], final_gflops=final[1], upsample_ms=up_ms, upsample_gflops=up_gf,
+        final_upsample_ms=final_up[0], final_upsample_gflops=final_up[1],
     )

@@ -72,17 +72,24 @@ class Evaluator:
         cum_ms = np.cumsum(cost.segment_ms)
         cum_gf = np.cumsum(cost.segment_gflops)
         pos = np.asarray(data.position_index, dtype=np.int64)
-        # cost of reaching an early exit's output (backbone up to its position) ...
+        # cost of reaching an early exit's position (the backbone up to it) ...
         self.seg_ms = cum_ms[pos] if pos.size else np.zeros(0)
         self.seg_gflops = cum_gf[pos] if pos.size else np.zeros(0)
-        # ... of running its head, and of its head plus exit decision
+        # ... of upsampling its logits to the input size (only the images that leave there) ...
+        self.up_ms = np.array([cost.upsample_ms[e] for e in data.exit_ids])
+        self.up_gflops = np.array([cost.upsample_gflops.get(e, 0.0) for e in data.exit_ids])
+        # ... so an image leaving there pays the backbone to it plus one upsampling ...
+        self.leave_ms = self.seg_ms + self.up_ms
+        self.leave_gflops = self.seg_gflops + self.up_gflops
+        # ... and every image reaching it pays its head, or its head plus exit decision
         self.head_ms = np.array([cost.head_ms[e] for e in data.exit_ids])
         self.head_gflops = np.array([cost.head_gflops[e] for e in data.exit_ids])
         self.check_ms = self.head_ms + np.array([cost.decision_ms[e] for e in data.exit_ids])
         self.check_gflops = self.head_gflops + np.array(
             [cost.decision_gflops.get(e, 0.0) for e in data.exit_ids])
-        self.final_ms = float(cum_ms[-1] + cost.final_ms)
-        self.final_gflops = float(cum_gf[-1] + cost.final_gflops)
+        # the final exit: the whole backbone, the final head, its upsampling
+        self.final_ms = float(cum_ms[-1] + cost.final_ms + cost.final_upsample_ms)
+        self.final_gflops = float(cum_gf[-1] + cost.final_gflops + cost.final_upsample_gflops)
 
     def indices(self, exit_ids: tuple[str, ...]) -> list[int]:
         """Row of each exit id; raises DseError on an unknown id or a wrong order."""
@@ -120,11 +127,13 @@ class Evaluator:
         exit_rows = np.asarray([*rows, len(self.data.exit_ids)])[route]
         tp = self.data.tp[exit_rows, np.arange(s)].sum(axis=0)
         union = self.union[exit_rows, np.arange(s)].sum(axis=0)
-        # latency per slot: backbone to the exit + heads and decisions of every exit reached
+        # latency per slot: backbone to the exit and its upsampling + heads and decisions of
+        # every exit reached
         check_ms = np.cumsum(self.check_ms[rows]) if rows else np.zeros(0)
         check_gf = np.cumsum(self.check_gflops[rows]) if rows else np.zeros(0)
-        slot_ms = np.append(self.seg_ms[rows] + check_ms, self.final_ms + (check_ms[-1] if rows else 0))
-        slot_gf = np.append(self.seg_gflops[rows] + check_gf,
+        slot_ms = np.append(self.leave_ms[rows] + check_ms,
+                            self.final_ms + (check_ms[-1] if rows else 0))
+        slot_gf = np.append(self.leave_gflops[rows] + check_gf,
                             self.final_gflops + (check_gf[-1] if rows else 0))
         per_image_ms = slot_ms[route]
         return Evaluation(
@@ -141,18 +150,20 @@ class Evaluator:
             row, ms, gf = len(self.data.exit_ids), self.final_ms, self.final_gflops
         else:
             (row,) = self.indices(config.exits)
-            ms = float(self.seg_ms[row] + self.head_ms[row])
-            gf = float(self.seg_gflops[row] + self.head_gflops[row])
+            ms = float(self.leave_ms[row] + self.head_ms[row])
+            gf = float(self.leave_gflops[row] + self.head_gflops[row])
         miou = miou_from_counts(self.data.tp[row].sum(axis=0), self.union[row].sum(axis=0))
         return Evaluation(config=config, miou=float(miou), latency_ms=ms, latency_p95_ms=ms,
                           gflops=gf, exit_counts=(self.data.num_samples,))
 
     def _anytime(self, config: Configuration, rows: list[int]) -> Evaluation:
         final = len(self.data.exit_ids)
-        outputs_ms = [float(self.seg_ms[r] + self.head_ms[rows[: i + 1]].sum())
+        # every output is upsampled to the input size before it is handed out
+        out_ms = self.head_ms + self.up_ms
+        outputs_ms = [float(self.seg_ms[r] + out_ms[rows[: i + 1]].sum())
                       for i, r in enumerate(rows)]
-        heads_ms = float(self.head_ms[rows].sum()) if rows else 0.0
-        heads_gf = float(self.head_gflops[rows].sum()) if rows else 0.0
+        heads_ms = float(out_ms[rows].sum()) if rows else 0.0
+        heads_gf = float((self.head_gflops + self.up_gflops)[rows].sum()) if rows else 0.0
         outputs_ms.append(self.final_ms + heads_ms)
         miou = miou_from_counts(self.data.tp[final].sum(axis=0), self.union[final].sum(axis=0))
         s = self.data.num_samples

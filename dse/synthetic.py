@@ -44,7 +44,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def random_costs(rng: np.random.Generator, data: AccuracyData) -> CostData:
-    """Segment, head and decision costs for every exit of `data` (ms and GFLOPs)."""
+    """Segment, head, decision and upsampling costs for every exit of `data` (ms and GFLOPs)."""
     p = data.num_positions
     seg = rng.uniform(1.0, 3.0, p + 1)
     return CostData(
@@ -54,4 +54,8 @@ def random_costs(rng: np.random.Generator, data: AccuracyData) -> CostData:
         decision_ms={e: float(rng.uniform(0.01, 0.1)) for e in data.exit_ids},
         decision_gflops={e: 0.001 for e in data.exit_ids},
         final_ms=float(rng.uniform(1.0, 2.0)), final_gflops=float(rng.uniform(0.5, 1.0)),
+        upsample_ms={e: float(rng.uniform(0.05, 0.3)) for e in data.exit_ids},
+        upsample_gflops={e: float(rng.uniform(0.0, 0.01)) for e in data.exit_ids},
+        final_upsample_ms=float(rng.uniform(0.05, 0.3)),
+        final_upsample_gflops=float(rng.uniform(0.0, 0.01)),
     )

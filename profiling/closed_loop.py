@@ -1,10 +1,11 @@
 """Closed loop: does the sum of component timings predict the real cascade?
 
-The search adds up stored component latencies. Here the real `network.cascade` runs end to end
-on a handful of forced paths (every image leaves at one kept exit, or none does and the final
-exit answers) and the measured time is compared with that sum. A deviation above 10% means the
+The search adds up stored component latencies. Here the deployed cascade (training.export's
+pruned `CascadeModule`, what `dse export` writes and `dse verify` times) runs end to end on a
+handful of forced paths (every image leaves at one kept exit, or none does and the final exit
+answers) and the measured time is compared with that sum. A deviation above 10% means the
 additive model is off on this device (launch overheads, caches, fusion) and the search's
-latencies should be read with care.
+latencies should be read with care. The checks are stored as latency rows of kind "path".
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ def choose_paths(network: MessNetwork, head_gflops: dict[str, float], *, max_pat
     return [(e,) for e in ordered] + [()]
 
 
-def predicted_ms(network, means_ms: dict[tuple[str, str], float], exits: tuple[str, ...],
-                 taken: str) -> float:
-    """Sum of component means for a path: segments up to the exit taken, heads and decisions of
-    the exits run, plus tail and final head when the final exit answers."""
+def path_components(network: MessNetwork, exits: tuple[str, ...], taken: str
+                    ) -> list[tuple[str, str]]:
+    """The (kind, name) components an image pays on a path: segments up to the exit taken,
+    heads and decisions of the exits run, tail and final head when the final exit answers, and
+    the upsampling of the answering exit's logits (only that one)."""
     index = {p.name: p.index for p in network.positions}
     specs = {s.id: s for s in network.exits}
     if taken == "final":
@@ -77,11 +79,18 @@ def predicted_ms(network, means_ms: dict[tuple[str, str], float], exits: tuple[s
         last = index[specs[taken].position]
         segments = [p.name for p in network.positions if p.index <= last]
         run = list(exits[: exits.index(taken) + 1])
-    total = sum(means_ms[("segment", name)] for name in segments)
-    total += sum(means_ms[("head", e)] + means_ms[("decision", e)] for e in run)
+    parts = [("segment", name) for name in segments]
+    parts += [(kind, e) for e in run for kind in ("head", "decision")]
     if taken == "final":
-        total += means_ms[("final", "final")]
-    return total
+        parts.append(("final", "final"))
+    parts.append(("upsample", taken))
+    return parts
+
+
+def predicted_ms(network: MessNetwork, means_ms: dict[tuple[str, str], float],
+                 exits: tuple[str, ...], taken: str) -> float:
+    """Sum of component means for a path (`path_components`): what the search predicts."""
+    return sum(means_ms[key] for key in path_components(network, exits, taken))
 
 
 def check_paths(
@@ -89,22 +98,25 @@ def check_paths(
     settings: TimingSettings, paths: list[tuple[str, ...]],
     progress: Callable[[int, str], None] | None = None,
 ) -> list[PathCheck]:
-    """Time the real cascade on forced paths and compare with the summed component means.
+    """Time the deployed cascade on forced paths and compare with the summed component means.
 
     A path `(e,)` runs with th_pix tiny and th_img = 1: every pixel's top-1 probability is at
     least 1/C, so every image leaves at e. The empty path has no early exit (final answers).
     """
-    from training.network import CascadeConfig
+    from training.export import build_cascade_module
 
     checks = []
     for exits in paths:
-        config = CascadeConfig(exits=exits, th_pix=_FORCE_TH_PIX, th_img=1.0)
+        module = build_cascade_module(
+            network, exits=[*exits, "final"], th_pix=[_FORCE_TH_PIX] * len(exits), th_img=1.0,
+            input_size=(int(x.shape[-2]), int(x.shape[-1])),
+            edge_correction=bool(network.decision.edge_correction),
+        )
         with torch.inference_mode():
-            result = network.cascade(x, config)
-        taken = result.exit_ids[0]
-        assert all(t == taken for t in result.exit_ids), f"forced path {exits} split the batch"
-        stats = time_callable(partial(network.cascade, x, config), device=x.device,
-                              settings=settings)
+            _, exit_index = module(x)
+        taken = module.exit_ids[int(exit_index[0])]
+        assert bool((exit_index == exit_index[0]).all()), f"forced path {exits} split the batch"
+        stats = time_callable(partial(module, x), device=x.device, settings=settings)
         checks.append(PathCheck(exits=exits, taken=taken, measured=stats,
                                 predicted_ms=predicted_ms(network, means_ms, exits, taken)))
         if progress:

@@ -2,9 +2,11 @@
 
 Each backbone segment runs on its real input (made by running the earlier segments once), each
 head on its position's feature, each exit decision on its head's native logits, the final head on
-the tail output. One row per component is committed as soon as it is measured, keyed by (model,
-device fingerprint, kind, name, input shape, batch, dtype), so an interrupted run continues and a
-re-run measures only what is missing.
+the tail output, and the bilinear upsampling of every exit's (and the final head's) native logits
+to the input size, which the cascade pays for the exit an image leaves at. One row per component
+is committed as soon as it is measured, keyed by (model, device fingerprint, kind, name, input
+shape, batch, dtype), so an interrupted run continues and a re-run measures only what is missing.
+The closed-loop checks that follow are stored too, as rows of kind "path".
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from sqlalchemy import Engine
 from db import repository
 from db.records import DeviceRecord
 from db.session import session_scope
-from profiling.closed_loop import WARN_DEVIATION, PathCheck, check_paths, choose_paths
+from profiling.closed_loop import (
+    WARN_DEVIATION,
+    PathCheck,
+    check_paths,
+    choose_paths,
+    path_components,
+)
 from profiling.device import device_fingerprint
 from profiling.errors import ProfilingError
 from profiling.timing import LatencyStats, TimingSettings, time_callable
@@ -107,10 +115,12 @@ def check_input_size(network: MessNetwork, input_size: tuple[int, int], device: 
 def component_runners(network: MessNetwork, x: torch.Tensor) -> dict[tuple[str, str], Callable[[], object]]:
     """A zero-argument callable per (kind, name), each bound to its real input tensor.
 
-    The decision is `network.decision` itself, the module the cascade calls.
+    The decision is `network.decision` itself, the module the cascade calls; the upsampling is
+    `network.upsample`, the function both cascades call, on the exit's real native logits.
     """
     runners: dict[tuple[str, str], Callable[[], object]] = {}
     features: dict[str, torch.Tensor] = {}
+    size = (int(x.shape[-2]), int(x.shape[-1]))
     current = x
     with torch.inference_mode():
         for index, segment in enumerate(network.segments):
@@ -120,14 +130,18 @@ def component_runners(network: MessNetwork, x: torch.Tensor) -> dict[tuple[str, 
             features[name] = current
         if network.final_skip is None:
             runners[("final", "final")] = partial(network.final_head, current)
+            final_logits = network.final_head(current)
         else:  # LR-ASPP's final head also reads an earlier feature
             final_in = {"low": features[network.final_skip], "high": current}
             runners[("final", "final")] = partial(network.final_head, final_in)
+            final_logits = network.final_head(final_in)
+        runners[("upsample", "final")] = partial(network.upsample, final_logits, size)
         for spec in network.exits:
             feature = features[spec.position]
             runners[("head", spec.id)] = partial(network.run_head, spec.id, feature)
             logits = network.run_head(spec.id, feature)
             runners[("decision", spec.id)] = partial(network.decision, logits, _TIMING_TH_PIX)
+            runners[("upsample", spec.id)] = partial(network.upsample, logits, size)
     return runners
 
 
@@ -213,6 +227,8 @@ def profile_latency(
 
         checks = _closed_loop(engine, network, x, model_id, record.id, shape, settings, paths,
                               path_done)
+        for check in checks:
+            _store_path(engine, model_id, record.id, shape, settings, check, network, costs)
         warnings += [
             f"the sum of component latencies is {abs(c.deviation):.0%} "
             f"{'below' if c.deviation > 0 else 'above'} the measured cascade on path {c.name} "
@@ -239,6 +255,23 @@ def _closed_loop(engine: Engine, network: MessNetwork, x: torch.Tensor, model_id
     means = {(r.kind, r.name): r.mean_ms for r in rows}
     return check_paths(network, x, means, settings=settings.timing, paths=paths,
                        progress=progress)
+
+
+def _store_path(engine: Engine, model_id: int, device_id: int, shape: tuple[int, ...],
+                settings: LatencySettings, check: PathCheck, network: MessNetwork,
+                costs: dict) -> None:
+    """One closed-loop check as a latency row of kind "path" (name: the exit taken); a later
+    check of the same path replaces it."""
+    parts = [costs.get(key) for key in path_components(network, check.exits, check.taken)]
+    with session_scope(engine) as s:
+        repository.upsert_latency(
+            s, model_id=model_id, device_id=device_id, kind="path", name=check.taken,
+            input_shape=shape, batch=settings.batch, dtype=settings.dtype_name,
+            samples_ms=list(check.measured.samples_ms),
+            gflops=float(sum(c.gflops for c in parts if c is not None)),
+            params=int(sum(c.params for c in parts if c is not None)),
+            predicted_ms=float(check.predicted_ms),
+        )
 
 
 def _store(engine: Engine, model_id: int, device_id: int, kind: str, name: str,

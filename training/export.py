@@ -146,6 +146,31 @@ class CascadeModule(nn.Module):
         self.uses_skip = bool(uses_skip)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if images.shape[0] == 1:
+            return self._single(images)
+        return self._batch(images)
+
+    def _single(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image, the deployed case: the answering exit's upsampled logits are the output
+        (no output buffer, no index bookkeeping), so the cascade pays what the latency model
+        adds up: segments, heads and decisions on the way, one upsampling."""
+        feature = images
+        skip = images
+        j = 0
+        for stage, head, decision, up in zip(  # noqa: B905 - see _batch
+            self.early_stages, self.early_heads, self.decisions, self.early_upsample
+        ):
+            feature, skip = stage(feature, skip)
+            logits = head(feature)
+            if bool(decision(logits)[0] >= self.th_img):
+                return up(logits), torch.full([1], j, dtype=torch.int64, device=images.device)
+            j += 1  # noqa: SIM113 - enumerate(zip(ModuleList...)) does not script
+        feature, skip = self.last_stage(feature, skip)
+        last = len(self.exit_ids) - 1
+        return (self.last_upsample(self.last_head(feature, skip)),
+                torch.full([1], last, dtype=torch.int64, device=images.device))
+
+    def _batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = images.shape[0]
         out = torch.zeros(
             [n, self.num_classes, images.shape[2], images.shape[3]],

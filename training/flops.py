@@ -3,8 +3,11 @@
 Convention: `gflops` counts one multiply-add as one FLOP (flop_counter's total / 2), as
 torchvision's model tables and the MESS paper do. Segments, heads and the final head are
 counted by flop_counter; the exit decision is elementwise work flop_counter ignores, so its
-operations are estimated by `ExitDecision.operations`. The network's FLOPs equal the sum of its
-segments and final head; an exit adds its head and decision.
+operations are estimated by `ExitDecision.operations`. The bilinear upsampling of an exit's (or the
+final head's) logits to the input size is a component of its own (kind "upsample"): the cascade
+pays it for the one exit an image leaves at, and it is timed like the rest; flop_counter counts no
+multiply-adds for it, so its `gflops` is 0, like torchvision's model tables. The network's FLOPs
+equal the sum of its segments and final head; an exit adds its head and decision.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from training.heads import FINAL_EXIT, module_key, num_params
 if TYPE_CHECKING:
     from training.network import MessNetwork
 
-COMPONENT_KINDS = ("segment", "head", "decision", "final")
+COMPONENT_KINDS = ("segment", "head", "decision", "final", "upsample")
 TAIL = "tail"
 
 
@@ -31,11 +34,13 @@ class Component:
     """Cost of one part of the network at one input shape (batch 1).
 
     Attributes:
-        kind: "segment" | "head" | "decision" | "final".
-        name: position the segment ends at or "tail"; exit id for heads and decisions; "final".
-        position: position name the component reads from or ends at ("tail" for the tail and
-            the final head).
-        channels: channels of that feature (segment: its output; head/decision/final: input).
+        kind: "segment" | "head" | "decision" | "final" | "upsample".
+        name: position the segment ends at or "tail"; exit id for heads, decisions and upsamples;
+            "final" for the final head and its upsampling.
+        position: position name the component reads from or ends at ("tail" for the tail, the
+            final head and its upsampling).
+        channels: channels of that feature (segment: its output; head/decision/final: input;
+            upsample: the logits' classes).
         stride: output stride of that feature.
         gflops: multiply-adds / 1e9 (decision: elementwise operations / 1e9).
         params: trainable parameter count.
@@ -71,9 +76,14 @@ class Component:
 
 def count_gflops(fn: Callable[..., Any], *args: Any) -> float:
     """Multiply-adds of one call / 1e9, as counted by torch's flop counter."""
+    return _count(fn, *args)[0]
+
+
+def _count(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    """GFLOPs of one call and its output."""
     with FlopCounterMode(display=False) as counter:
-        fn(*args)
-    return counter.get_total_flops() / 2 / 1e9
+        out = fn(*args)
+    return counter.get_total_flops() / 2 / 1e9, out
 
 
 def network_components(network: MessNetwork, input_size: tuple[int, int]) -> list[Component]:
@@ -107,21 +117,33 @@ def _components(network: MessNetwork, input_size: tuple[int, int]) -> list[Compo
     feat = tail_segment(feat)
     out.append(_component("segment", TAIL, TAIL, feat, h, gflops, tail_segment))
     skip = features.get(network.final_skip) if network.final_skip else None
-    gflops = count_gflops(network._final, feat, skip)
+    gflops, final_logits = _count(network._final, feat, skip)
     out.append(_component("final", FINAL_EXIT, TAIL, feat, h, gflops, network.final_head))
-    head_gflops: dict[tuple[str, tuple[int, ...]], float] = {}  # same head, same feature shape
+    out.append(_upsample(FINAL_EXIT, TAIL, final_logits, input_size))
+    # same head on the same feature shape: same cost and logits shape, counted once
+    head_costs: dict[tuple[str, tuple[int, ...]], tuple[float, Tensor]] = {}
     for exit_spec in network.exits:
         head = network.heads[module_key(exit_spec.id)]
         feature = features[exit_spec.position]
         key = (exit_spec.head.id, tuple(feature.shape))
-        if key not in head_gflops:
-            head_gflops[key] = count_gflops(head, feature)
-        gflops = head_gflops[key]
+        if key not in head_costs:
+            head_costs[key] = _count(head, feature)
+        gflops, logits = head_costs[key]
         out.append(_component("head", exit_spec.id, exit_spec.position, feature, h, gflops, head))
         logits_h, logits_w = feature.shape[-2:]
         ops = network.decision.operations(num_classes=network.num_classes, height=logits_h, width=logits_w)
         out.append(_component("decision", exit_spec.id, exit_spec.position, feature, h, ops / 1e9, network.decision))
+        out.append(_upsample(exit_spec.id, exit_spec.position, logits, input_size))
     return out
+
+
+def _upsample(name: str, position: str, logits: Tensor, input_size: tuple[int, int]) -> Component:
+    """The bilinear upsampling of native logits to the input size (no parameters)."""
+    from training.network import upsample
+
+    gflops = count_gflops(upsample, logits, input_size)
+    return Component(kind="upsample", name=name, position=position, channels=int(logits.shape[1]),
+                     stride=max(1, round(input_size[0] / logits.shape[-2])), gflops=gflops, params=0)
 
 
 def _component(kind: str, name: str, position: str, feat: Tensor, input_h: int, gflops: float, module: nn.Module) -> Component:

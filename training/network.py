@@ -190,26 +190,38 @@ class MessNetwork(nn.Module):
             logits = self.heads[module_key(exit_id)](feat)
             th_pix = check_threshold("th_pix", config.th_pix_of(i))
             leave = self.decision(logits, th_pix) >= th_img
-            if bool(leave.any()):
-                if out is None:
-                    out = x.new_empty((n, logits.shape[1], *size))
-                rows = active[leave]
-                out[rows] = upsample(logits[leave], size)
-                for r in rows.tolist():
+            leaving = int(leave.sum())
+            if leaving == 0:
+                continue
+            if leaving == active.numel():  # every image still running leaves: no indexing
+                out = self._answer(out, active, upsample(logits, size), n)
+                for r in active.tolist():
                     taken[r] = exit_id
-                keep = ~leave
-                active, feat = active[keep], feat[keep]
-                skip = skip[keep] if skip is not None else None
-            if active.numel() == 0:
+                active = active[:0]
                 break
+            rows = active[leave]
+            out = self._answer(out, rows, upsample(logits[leave], size), n)
+            for r in rows.tolist():
+                taken[r] = exit_id
+            keep = ~leave
+            active, feat = active[keep], feat[keep]
+            skip = skip[keep] if skip is not None else None
         if active.numel() > 0:
             feat, skip, done = self._advance(feat, skip, done, len(self.positions) + 1)
-            final = self._final(feat, skip)
-            if out is None:
-                out = x.new_empty((n, final.shape[1], *size))
-            out[active] = upsample(final, size)
+            out = self._answer(out, active, upsample(self._final(feat, skip), size), n)
         assert out is not None
         return CascadeResult(logits=out, exit_ids=taken)
+
+    @staticmethod
+    def _answer(out: Tensor | None, rows: Tensor, logits: Tensor, n: int) -> Tensor:
+        """Put the answers of `rows` into the batch output; when they are the whole batch (always
+        so at batch 1) the upsampled logits are the output as they are, without a copy."""
+        if out is None:
+            if rows.numel() == n:
+                return logits
+            out = logits.new_empty((n, *logits.shape[1:]))
+        out[rows] = logits
+        return out
 
     def _advance(self, feat: Tensor, skip: Tensor | None, done: int, until: int) -> tuple[Tensor, Tensor | None, int]:
         """Run segments done..until-1; remember the feature the final head also needs."""

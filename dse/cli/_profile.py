@@ -76,7 +76,8 @@ def _register_model(engine: Engine, network: MessNetwork, name: str,
 
 def _summary_rows(network: MessNetwork, costs: dict[tuple[str, str], Any],
                   summaries: dict[str, Any], p50: dict[tuple[str, str], float]) -> list[dict]:
-    """Per exit: mIoU, path GFLOPs and path p50 ms (backbone to the exit + head + decision)."""
+    """Per exit: mIoU, path GFLOPs and path p50 ms (backbone to the exit + head + decision +
+    the upsampling of its logits to the input size)."""
     rows = []
     names = [p.name for p in network.positions]
     for exit_id in (*network.exit_ids, "final"):
@@ -87,6 +88,7 @@ def _summary_rows(network: MessNetwork, costs: dict[tuple[str, str], Any],
             position = network.position_of(exit_id).name
             upto = names[: names.index(position) + 1]
             parts = [("segment", n) for n in upto] + [("head", exit_id), ("decision", exit_id)]
+        parts.append(("upsample", exit_id))
         summary = summaries.get(exit_id)
         rows.append({
             "exit": exit_id, "position": position,

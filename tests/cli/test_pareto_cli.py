@@ -52,7 +52,10 @@ def _fill(url: str, data: AccuracyData, cost: CostData, *, device: str = "box") 
         rows += [("head", e, cost.head_ms[e], cost.head_gflops[e]) for e in data.exit_ids]
         rows += [("decision", e, cost.decision_ms[e], cost.decision_gflops[e])
                  for e in data.exit_ids]
+        rows += [("upsample", e, cost.upsample_ms[e], cost.upsample_gflops[e])
+                 for e in data.exit_ids]
         rows.append(("final", "final", cost.final_ms, cost.final_gflops))
+        rows.append(("upsample", "final", cost.final_upsample_ms, cost.final_upsample_gflops))
         for kind, name, ms, gf in rows:
             repo.upsert_latency(s, model_id=m.id, device_id=d.id, kind=kind, name=name,
                                 input_shape=SHAPE, batch=1, dtype="float32",

@@ -38,7 +38,8 @@ def test_profile_then_rerun_measures_nothing(checkpoint, tmp_path, capsys) -> No
     lines = _json_lines(capsys.readouterr().out)
     run, rows = lines[0], [x for x in lines if "exit" in x]
     loops = [x["closed_loop"] for x in lines if "closed_loop" in x]
-    assert run["accuracy_measured_images"] == 4 and run["latency_measured"] == 8
+    # 3 segments (2 + tail), final head, 2 heads, 2 decisions, 3 upsamplings (2 exits + final)
+    assert run["accuracy_measured_images"] == 4 and run["latency_measured"] == 11
     assert [r["exit"] for r in rows] == ["layer1.1/nocrm-b0-fcn", "layer3.1/nocrm-b0-fcn", "final"]
     assert all(0.0 <= r["miou"] <= 1.0 and r["gflops"] > 0 and r["p50_ms"] > 0 for r in rows)
     assert rows[0]["gflops"] < rows[1]["gflops"] < rows[2]["gflops"]
@@ -53,7 +54,7 @@ def test_profile_then_rerun_measures_nothing(checkpoint, tmp_path, capsys) -> No
     assert main(["profile", "--checkpoint", str(checkpoint), "--device", "other", "--db", db,
                  "--no-accuracy", *FAST, "--json"]) == 0
     other = _json_lines(capsys.readouterr().out)
-    assert other[0]["accuracy_measured_images"] is None and other[0]["latency_measured"] == 8
+    assert other[0]["accuracy_measured_images"] is None and other[0]["latency_measured"] == 11
     assert [r["miou"] for r in other if "exit" in r] == [r["miou"] for r in rows]
 
 

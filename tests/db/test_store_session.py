@@ -81,9 +81,9 @@ def test_unreachable_server_is_a_storage_error() -> None:
 
 def test_older_schema_names_the_upgrade_command(store_url: str, monkeypatch) -> None:
     open_store(store_url, create=True).dispose()
-    # Pretend this mess-dse ships a newer revision 0002 after the store's 0001.
+    # Pretend this mess-dse ships a newer revision after the store's (the current head).
     shipped = head_revision()
-    monkeypatch.setattr(dbsession, "_revisions", lambda: ("0002", ("0002", shipped)))
+    monkeypatch.setattr(dbsession, "_revisions", lambda: ("9998", ("9998", shipped)))
     with pytest.raises(StorageError, match="older schema .*dse db upgrade"):
         open_store(store_url)
 

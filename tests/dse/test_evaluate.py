@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from dse._kernel import Bounds, CascadeKernel
+from dse.data import AccuracyData, cost_from_records
+from dse.errors import DseError
 from dse.evaluate import Evaluator
 from dse.space import Configuration, build_space
 from dse.synthetic import random_accuracy, random_costs
@@ -32,13 +35,14 @@ def reference(data, cost, exits, th_pix, th_img):
             hist = data.hist[i, s]
             if hist[k:].sum() / hist.sum() >= th_img:
                 taken = slot
-                ms += seg_cum[data.position_index[i]]
-                gf += gf_cum[data.position_index[i]]
+                # the backbone up to the exit, and its logits upsampled to the input size
+                ms += seg_cum[data.position_index[i]] + cost.upsample_ms[exits[slot]]
+                gf += gf_cum[data.position_index[i]] + cost.upsample_gflops[exits[slot]]
                 break
         if taken is None:
             taken = len(exits)
-            ms += seg_cum[-1] + cost.final_ms
-            gf += gf_cum[-1] + cost.final_gflops
+            ms += seg_cum[-1] + cost.final_ms + cost.final_upsample_ms
+            gf += gf_cum[-1] + cost.final_gflops + cost.final_upsample_gflops
         row = final if taken == len(exits) else idx[taken]
         for c in range(data.num_classes):
             tp[c] += int(data.tp[row, s, c])
@@ -115,5 +119,33 @@ def test_budgeted_and_anytime_modes() -> None:
     assert a.miou == pytest.approx(ev.baseline().miou)
     assert a.anytime_ms is not None and len(a.anytime_ms) == 3
     assert list(a.anytime_ms) == sorted(a.anytime_ms)
+    # every anytime output is upsampled to the input size as it is handed out
     assert a.anytime_ms[-1] == pytest.approx(ev.baseline().latency_ms + cost.head_ms["p0/h1"]
-                                             + cost.head_ms["p2/h0"])
+                                             + cost.head_ms["p2/h0"] + cost.upsample_ms["p0/h1"]
+                                             + cost.upsample_ms["p2/h0"])
+
+
+def _row(kind: str, name: str, ms: float, gflops: float = 0.0) -> SimpleNamespace:
+    return SimpleNamespace(kind=kind, name=name, mean_ms=ms, gflops=gflops)
+
+
+def test_costs_from_records_charge_the_upsampling_and_ignore_path_checks() -> None:
+    rows = [_row("segment", "a", 1.0, 0.5), _row("segment", "tail", 2.0, 1.0),
+            _row("head", "a/h", 0.5), _row("decision", "a/h", 0.1), _row("upsample", "a/h", 0.2),
+            _row("final", "final", 0.7), _row("upsample", "final", 0.3),
+            _row("path", "final", 99.0)]
+    cost = cost_from_records(rows, ["a"])
+    assert cost.upsample_ms == {"a/h": 0.2} and cost.final_upsample_ms == 0.3
+    data = random_accuracy(np.random.default_rng(0), num_positions=1, heads=1, num_samples=5)
+    data = AccuracyData(exit_ids=("a/h",), position_index=(0,), num_positions=1,
+                        edges=data.edges, tp=data.tp, fp=data.fp, fn=data.fn, hist=data.hist)
+    ev = Evaluator(data, cost)
+    assert ev.baseline().latency_ms == pytest.approx(1.0 + 2.0 + 0.7 + 0.3)
+    budget = ev.evaluate(Configuration(exits=("a/h",), mode="budgeted"))
+    assert budget.latency_ms == pytest.approx(1.0 + 0.5 + 0.2)
+    # a store profiled before the upsampling was a component: the re-run that measures it
+    with pytest.raises(DseError, match="final upsampling.*dse profile --latency"):
+        cost_from_records([r for r in rows if r.kind != "upsample"], ["a"])
+    with pytest.raises(DseError, match="no latency for exit 'a/h'.*dse profile --latency"):
+        Evaluator(data, cost_from_records([r for r in rows if r.name != "a/h" or
+                                           r.kind != "upsample"], ["a"]))

@@ -17,8 +17,9 @@ FAST = LatencySettings(timing=TimingSettings(warmup=1, repeat=3), max_paths=2)
 
 def _expected_components(net) -> set[tuple[str, str]]:
     keys = {("segment", p.name) for p in net.positions} | {("segment", "tail"), ("final", "final")}
+    keys.add(("upsample", "final"))
     for e in net.exit_ids:
-        keys |= {("head", e), ("decision", e)}
+        keys |= {("head", e), ("decision", e), ("upsample", e)}
     return keys
 
 
@@ -29,6 +30,8 @@ def test_every_component_is_timed_once_with_its_flops(engine, tiny_network, mode
     assert len(result.measured) == len(expected) and not result.skipped
     with session_scope(engine) as s:
         rows = repository.load_latency(s, model_id=model_id, device_id=result.device.id)
+    paths = [r for r in rows if r.kind == "path"]
+    rows = [r for r in rows if r.kind != "path"]
     assert {(r.kind, r.name) for r in rows} == expected
     costs = {(c.kind, c.name): c for c in tiny_network.components((32, 32))}
     for r in rows:
@@ -40,6 +43,14 @@ def test_every_component_is_timed_once_with_its_flops(engine, tiny_network, mode
     assert [c.taken for c in result.paths][-1] == "final" and len(result.paths) == 3
     for check in result.paths:
         assert check.measured.n == 3 and check.predicted_ms > 0
+    # ... and stored as rows of kind "path": the measured cascade and the sum it was compared to
+    assert sorted(r.name for r in paths) == sorted(c.taken for c in result.paths)
+    for check in result.paths:
+        (row,) = [r for r in paths if r.name == check.taken]
+        assert list(row.samples_ms) == list(check.measured.samples_ms)
+        assert row.predicted_ms == pytest.approx(check.predicted_ms)
+        assert row.deviation == pytest.approx(check.deviation)
+        assert row.gflops > 0
 
     again = profile_latency(engine, tiny_network, model_id=model_id, device_name="laptop-cpu",
                             input_size=(32, 32), settings=FAST)
@@ -63,10 +74,13 @@ def test_predicted_path_sums_the_right_components(tiny_network) -> None:
     means = {key: 1.0 for key in _expected_components(tiny_network)}
     means[("segment", "tail")] = 10.0
     exit_id = f"{tiny_network.positions[1].name}/nocrm-b0-fcn"
-    # two segments, one head, one decision
-    assert predicted_ms(tiny_network, means, (exit_id,), exit_id) == 4.0
-    # every segment (3 + tail), the final head, plus the head and decision run on the way
-    assert predicted_ms(tiny_network, means, (exit_id,), "final") == 3 + 10 + 1 + 2
+    means[("upsample", exit_id)] = 0.25
+    means[("upsample", "final")] = 0.5
+    # two segments, one head, one decision, and that exit's upsampling
+    assert predicted_ms(tiny_network, means, (exit_id,), exit_id) == 4.25
+    # every segment (3 + tail), the final head and its upsampling, plus the head and decision
+    # run on the way (but not that exit's upsampling: the image did not leave there)
+    assert predicted_ms(tiny_network, means, (exit_id,), "final") == 3 + 10 + 1 + 0.5 + 2
     heads = {e: (0.0 if e.endswith("crm8-b1-rdi-fcn") else 1.0) for e in tiny_network.exit_ids}
     paths = choose_paths(tiny_network, heads, max_paths=2)
     assert paths[-1] == () and len(paths) == 3
