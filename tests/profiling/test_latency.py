@@ -119,3 +119,20 @@ def test_half_precision_on_cuda_is_its_own_profile(engine, model_id) -> None:
     with session_scope(engine) as s:
         rows = repository.load_latency(s, model_id=model_id, device_id=result.device.id)
     assert rows and all(r.dtype == "float16" for r in rows)
+
+
+def test_segments_are_timed_in_sequence_one_sample_per_backbone_run(tiny_network) -> None:
+    from profiling.latency import time_segments_in_sequence
+
+    calls: list[int] = []
+    hooks = [seg.register_forward_hook(lambda *_, i=i: calls.append(i))
+             for i, seg in enumerate(tiny_network.segments)]
+    x = torch.randn(1, 3, 32, 32)
+    stats = time_segments_in_sequence(tiny_network.eval(), x, device=torch.device("cpu"),
+                                      settings=TimingSettings(warmup=1, repeat=4))
+    for hook in hooks:
+        hook.remove()
+    names = [p.name for p in tiny_network.positions] + ["tail"]
+    assert list(stats) == names and all(s.n == 4 for s in stats.values())
+    # five whole runs (one warm-up): every segment right after the one before it
+    assert calls == list(range(len(names))) * 5
