@@ -122,3 +122,15 @@ def load_latency(
         stmt = stmt.where(Latency.dtype == dtype)
     stmt = stmt.order_by(Latency.input_shape, Latency.batch, Latency.dtype, Latency.kind, Latency.name)
     return [_record(r) for r in s.scalars(stmt)]
+
+
+def list_path_checks(s: Session, *, model_id: int | None = None,
+                     device_id: int | None = None) -> list[LatencyRecord]:
+    """Stored closed-loop checks (kind "path"), optionally of one model or device, oldest first."""
+    stmt = select(Latency).where(Latency.kind == "path")
+    if model_id is not None:
+        stmt = stmt.where(Latency.model_id == model_id)
+    if device_id is not None:
+        stmt = stmt.where(Latency.device_id == device_id)
+    stmt = stmt.order_by(Latency.model_id, Latency.device_id, Latency.input_shape, Latency.id)
+    return [_record(r) for r in s.scalars(stmt)]

@@ -123,11 +123,12 @@ def info_command(db: DbOption = DEFAULT_DB, json_output: JsonOption = False) -> 
             counts = repo.row_counts(s)
             models = [f"{m.id}:{m.name}" for m in repo.list_models(s)]
             devices = [f"{d.id}:{d.name}" for d in repo.list_devices(s)]
+            checks = [_check_row(c) for c in repo.list_path_checks(s)]
     finally:
         engine.dispose()
     info = {
         "url": display_url(db), "revision": revision, "head_revision": head_revision(),
-        "rows": counts, "models": models, "devices": devices,
+        "rows": counts, "models": models, "devices": devices, "closed_loop": checks,
     }
     if json_output:
         _emit(info)
@@ -140,6 +141,26 @@ def info_command(db: DbOption = DEFAULT_DB, json_output: JsonOption = False) -> 
     for name, n in counts.items():
         table.add_row(name, str(n))
     console.print(table)
+    if checks:
+        loop = Table(title="closed loop: deployed cascade vs sum of components")
+        for col in ("model", "device", "input", "path", "measured ms", "predicted ms", "deviation"):
+            loop.add_column(col, overflow="fold", justify="right" if "ms" in col or
+                            col == "deviation" else "left")
+        for c in checks:
+            loop.add_row(str(c["model_id"]), str(c["device_id"]), c["input_shape"], c["path"],
+                         f"{c['measured_ms']:.3f}", f"{c['predicted_ms']:.3f}",
+                         f"{100 * c['deviation']:+.1f}%")
+        console.print(loop)
+
+
+def _check_row(record: Any) -> dict[str, Any]:
+    """A stored closed-loop check (a latency row of kind "path") as `dse db info` shows it."""
+    return {
+        "model_id": record.model_id, "device_id": record.device_id,
+        "input_shape": "x".join(str(v) for v in record.input_shape), "batch": record.batch,
+        "dtype": record.dtype, "path": record.name, "measured_ms": record.mean_ms,
+        "predicted_ms": record.predicted_ms, "deviation": record.deviation,
+    }
 
 
 @db_app.command("upgrade")

@@ -80,6 +80,27 @@ def test_db_info(store: str, capsys) -> None:
     assert code == 0 and "dse_accuracy_chunk" in out
 
 
+def test_db_info_shows_the_stored_closed_loop_checks(store: str, capsys) -> None:
+    from db import repository as repo
+    from db import session_scope
+
+    code, out, _ = _run(capsys, "db", "info", "--db", store, "--json")
+    assert code == 0 and _json_lines(out)[0]["closed_loop"] == []
+    engine = open_store(store)
+    with session_scope(engine) as s:
+        repo.upsert_latency(s, model_id=1, device_id=1, kind="path", name="final",
+                            input_shape=(1, 3, 32, 32), batch=1, dtype="float32",
+                            samples_ms=[2.0, 2.0], gflops=0.1, params=1, predicted_ms=1.5)
+    engine.dispose()
+    code, out, _ = _run(capsys, "db", "info", "--db", store, "--json")
+    (check,) = _json_lines(out)[0]["closed_loop"]
+    assert code == 0 and check["path"] == "final" and check["input_shape"] == "1x3x32x32"
+    assert check["measured_ms"] == 2.0 and check["predicted_ms"] == 1.5
+    assert check["deviation"] == 0.25
+    code, out, _ = _run(capsys, "db", "info", "--db", store)
+    assert code == 0 and "closed loop" in out and "+25.0%" in out
+
+
 def test_db_upgrade_creates_then_reports_current(tmp_path, capsys) -> None:
     path = str(tmp_path / "new.db")
     code, out, _ = _run(capsys, "db", "upgrade", "--db", path)
