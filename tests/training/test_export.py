@@ -247,3 +247,46 @@ def test_missing_onnx_package_names_the_install(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
     with pytest.raises(TrainingError, match="pip install onnx"):
         check_onnx_available()
+
+
+def _aten_ops(fn) -> set[str]:
+    """Names of the aten operators one call runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Record() as record:
+        fn()
+    return record.names
+
+
+BOOKKEEPING = {"index", "index_put", "index_put_", "arange", "zeros", "new_empty", "nonzero"}
+
+
+@pytest.mark.parametrize("th", [0.01, 1.0])  # every image leaves early / none does
+def test_one_image_pays_no_buffer_or_index_bookkeeping(resnet, th: float) -> None:
+    x = _images(1)
+    exit_id = resnet.exit_ids[0]
+    module = build_cascade_module(resnet, exits=[exit_id, "final"], th_pix=[th], th_img=th,
+                                  input_size=SIZE)
+    ref = _reference(resnet, x, [exit_id], [th], th)
+    assert ref.exit_ids == [exit_id if th < 0.5 else "final"]
+    assert not _aten_ops(lambda: module(x)) & BOOKKEEPING
+    config = CascadeConfig(exits=(exit_id,), th_pix=th, th_img=th)
+    assert not _aten_ops(lambda: resnet.cascade(x, config)) & (BOOKKEEPING - {"arange"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = script_cascade(module, x)
+    with torch.no_grad():
+        for run in (module, scripted):  # the TorchScript file keeps the one-image path
+            logits, index = run(x)
+            assert module.exit_ids[int(index[0])] == ref.exit_ids[0]
+            torch.testing.assert_close(logits, ref.logits, rtol=0, atol=0 if run is module
+                                       else 1e-5)
