@@ -225,6 +225,9 @@ def compare(
 
 # Per image: one untimed run (its output is scored), then REPEAT timed runs whose mean is the
 # image's latency; the latency profile also reports component means, so both sides use means.
+# The same rules as the profiler's (profiling.latency): `time_callable` (inference_mode, CUDA
+# synchronised per run), the device row's threads and dtype (set by the caller), warm-up runs
+# first, and the same deployed module as the profiler's closed loop (training.export's cascade).
 DEFAULT_TIMING = TimingSettings(warmup=0, repeat=5)
 DEFAULT_WARMUP = 3
 
