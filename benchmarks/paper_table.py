@@ -80,6 +80,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         r.add_argument("--threads", type=int, default=2)
     q.add_argument("--repeat", type=int, default=3, help="latency profile: timed runs")
     q.add_argument("--max-exits", type=int, default=2)
+    q.add_argument("--accuracy-only", action="store_true", help="stop after the accuracy profile")
     p.add_argument("--select", default="val[0:50]", help="split part to profile and select on")
     p.add_argument("--held-out", default="val[50:101]", help="split part to report on")
     p.add_argument("--repeat", type=int, default=20, help="latency profile: timed runs")
@@ -211,6 +212,8 @@ def scale(a: argparse.Namespace) -> int:
         acc_s = time.perf_counter() - started
         print(f"accuracy profile: {acc.measured_samples} images x {len(network.exits) + 1} "
               f"exits in {acc_s:.1f} s")  # fmt: skip
+        if a.accuracy_only:
+            return 0
         started = time.perf_counter()
         timing = TimingSettings(warmup=a.warmup, repeat=a.repeat)
         lat = profile_latency(

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="the run's model checkpoint")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per image")
     parser.add_argument("--limit", type=int, default=None, help="first N calibration images")
+    parser.add_argument("--data-root", default=None, help="folder of a folder dataset (camvid...)")
     args = parser.parse_args(argv)
 
     import torch
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     h, w = (int(v) for v in run.input_shape[-2:])
     size = args.limit or calib.num_samples
-    dataset = build_dataset(calib.dataset, split=calib.split, input_size=(h, w), size=size)
+    dataset = build_dataset(calib.dataset, root=args.data_root, split=calib.split,
+                            input_size=(h, w), size=size)
     same = list(dataset.sample_ids) == list(calib.sample_ids)
     edge_correction = bool(profile.settings.get("edge_correction", True))
 
