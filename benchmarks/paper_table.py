@@ -153,6 +153,7 @@ def _row(title: str, cand: dict[str, Any], verified: dict[str, Any]) -> dict[str
         "miou_selection_predicted": cand["miou"], "miou_heldout_measured": verified["measured_miou"],
         "gflops": cand["gflops"], "latency_predicted_ms": cand["latency_ms"],
         "latency_measured_ms": verified["measured_latency_ms"],
+        "exit_rates_selection": cand.get("exit_rates", {"final": 1.0}),
         "exit_rates_heldout": verified.get("measured_exit_rates"),
     }  # fmt: skip
 
@@ -178,6 +179,14 @@ def _print(rows: list[dict[str, Any]]) -> None:
               f"{100 * r['miou_heldout_measured']:.2f} | {r['gflops']:.3f} | "
               f"{r['latency_predicted_ms']:.2f} | {r['latency_measured_ms']:.2f} | "
               f"{speed_m:.2f}x ({speed_p:.2f}x) |")  # fmt: skip
+    print("exit rates, selection (predicted) -> held-out (measured):")
+    for r in rows:
+        rates = ", ".join(
+            f"{e}: {100 * r['exit_rates_selection'].get(e, 0.0):.0f}% -> "
+            f"{100 * (r['exit_rates_heldout'] or {}).get(e, 0.0):.0f}%"
+            for e in r["exits"]
+        )
+        print(f"  {r['target']}: {rates}")
 
 
 def scale(a: argparse.Namespace) -> int:
