@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from profiling.errors import ProfilingError
+from profiling.timing import keep_heap_allocations
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -91,6 +92,8 @@ def device_fingerprint(device: torch.device, *, dtype: torch.dtype, threads: int
         "gpu": None,
         "cuda": None,
         "cudnn": None,
+        # Timings taken under another allocator rule are not comparable (profiling.timing).
+        "allocator": "heap-kept" if keep_heap_allocations() else "default",
     }
     if device.type == "cuda":
         fingerprint["gpu"] = torch.cuda.get_device_name(device)

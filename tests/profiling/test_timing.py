@@ -51,3 +51,16 @@ def test_time_module_runs_the_module() -> None:
     conv = torch.nn.Conv2d(3, 4, 3)
     stats = time_module(conv, torch.zeros(1, 3, 16, 16), settings=TimingSettings(repeat=3))
     assert stats.n == 3 and stats.mean_ms > 0
+
+
+def test_heap_allocations_are_kept_on_linux_glibc() -> None:
+    import sys
+
+    from profiling.device import device_fingerprint
+    from profiling.timing import keep_heap_allocations
+
+    applied = keep_heap_allocations()
+    if sys.platform.startswith("linux"):
+        assert applied  # this project's machines run glibc
+    fingerprint = device_fingerprint(torch.device("cpu"), dtype=torch.float32, threads=1)
+    assert fingerprint["allocator"] == ("heap-kept" if applied else "default")
