@@ -31,6 +31,27 @@ DbOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 
 
+def parse_input_size(text: str, *, minimum: int = 1, square_ok: bool = False) -> tuple[int, int]:
+    """'HxW' (or 'N' for a square where `square_ok`) -> (H, W); DseError naming the form.
+
+    Each command keeps its own `minimum`: what the network can take is checked later, by the
+    command that knows the network.
+    """
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        sizes = []
+    if square_ok and len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2:
+        form = "HxW (or N for a square)" if square_ok else "HxW"
+        raise DseError(f"--input-size must be {form} such as 64x64, got {text!r}")
+    if min(sizes) < minimum:
+        raise DseError(f"--input-size {text} is too small: use at least {minimum}x{minimum}")
+    return sizes[0], sizes[1]
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Error classes that mean 'the user asked for something wrong'.
 

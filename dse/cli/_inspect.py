@@ -13,28 +13,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dse.cli._app import JsonOption, app, console, err_console
-from dse.errors import DseError
+from dse.cli._app import JsonOption, app, console, err_console, parse_input_size
 
 # training types (MessNetwork, Component) are not imported here: the CLI imports torch lazily.
 MessNetwork = Any
 Component = Any
-
-
-def parse_input_size(text: str) -> tuple[int, int]:
-    """'HxW' (or 'N' for a square) -> (H, W); DseError naming the expected form otherwise."""
-    parts = text.lower().replace(" ", "").split("x")
-    try:
-        sizes = [int(p) for p in parts]
-    except ValueError:
-        sizes = []
-    if len(sizes) == 1:
-        sizes = sizes * 2
-    if len(sizes) != 2:
-        raise DseError(f"--input-size must be HxW such as 512x512, got {text!r}")
-    if min(sizes) < 16:
-        raise DseError(f"--input-size {text} is too small: use at least 16x16")
-    return sizes[0], sizes[1]
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -60,7 +43,7 @@ def inspect_command(
     """Show the candidate exits of ARCH and the GFLOPs/parameters of every component."""
     from training.adapters import build_network
 
-    size = parse_input_size(input_size)
+    size = parse_input_size(input_size, minimum=16, square_ok=True)
     with err_console.status(f"costing {arch} at {size[0]}x{size[1]}..."):
         network = build_network(
             arch, num_classes=num_classes, head_space=_split(heads), positions=_split(positions), device="meta"

@@ -7,7 +7,6 @@ store is opened, so a mistake leaves nothing written.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,7 +14,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dse.cli._app import DEFAULT_DB, DbOption, JsonOption, app, console, err_console
+from dse.cli._app import (
+    DEFAULT_DB,
+    DbOption,
+    JsonOption,
+    app,
+    console,
+    err_console,
+    parse_input_size,
+)
 from dse.errors import DseError
 
 if TYPE_CHECKING:
@@ -23,16 +30,6 @@ if TYPE_CHECKING:
 
     from training.network import MessNetwork
 
-_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
-
-
-def parse_input_size(text: str) -> tuple[int, int]:
-    """`512x512` -> (512, 512); DseError on anything else."""
-    match = _SIZE.match(text)
-    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise DseError(f"--input-size must look like HxW with positive numbers (e.g. 64x64), "
-                       f"got {text!r}")
-    return int(match.group(1)), int(match.group(2))
 
 
 def _progress() -> Progress:

@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from dse.cli._app import JsonOption, app, console, err_console
+from dse.cli._app import JsonOption, app, console, err_console, parse_input_size
 from dse.errors import DseError
 
 if TYPE_CHECKING:
@@ -26,18 +26,6 @@ STAGE_HELP = (
     "1: exit-aware backbone; 2: every candidate head on the frozen backbone (CE + positive-filtering "
     "distillation); both: 1 then 2. Ablations: ic-only, end-to-end, final-only."
 )
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'HxW' -> (H, W); DseError with the expected form otherwise."""
-    parts = text.lower().split("x")
-    try:
-        height, width = (int(p) for p in parts)
-    except ValueError:
-        raise DseError(f"--input-size must be HxW such as 180x240, got {text!r}") from None
-    if height < 8 or width < 8:
-        raise DseError(f"--input-size {text} is too small; use at least 8x8")
-    return height, width
 
 
 def _split_list(text: str | None) -> tuple[str, ...] | None:
@@ -183,7 +171,7 @@ def train_command(
     from training.runner import TrainRequest, run_training
     from training.train import TrainConfig
 
-    size = parse_size(input_size)
+    size = parse_input_size(input_size, minimum=8)
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise DseError(f"--device must be cpu or cuda, got {device!r}")
     if time_budget is not None and time_budget <= 0:
