@@ -11,7 +11,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -135,3 +135,14 @@ def fetch_online(what: str, load: Callable[[], T], *, timeout_s: float = 10.0) -
         ) from exc
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def fetch_pretrained_model(name: str, build: Callable[..., T], weights_enum: Any, *, num_classes: int) -> T:
+    """A torchvision segmentation model with its own pretrained weights (classes must match)."""
+    categories = len(weights_enum.DEFAULT.meta["categories"])
+    if num_classes != categories:
+        raise TrainingError(
+            f"torchvision's pretrained {name} has {categories} classes, not {num_classes}: "
+            f"pass --num-classes {categories} or load your own --weights PATH"
+        )
+    return fetch_online(f"torchvision weights for {name}", lambda: build(weights=weights_enum.DEFAULT))

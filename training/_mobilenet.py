@@ -11,8 +11,13 @@ from torchvision.models import segmentation as tv_seg
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
-from training._backbone import BackboneParts, dilate_block, dilate_to_output_stride, fetch_online
-from training.errors import TrainingError
+from training._backbone import (
+    BackboneParts,
+    dilate_block,
+    dilate_to_output_stride,
+    fetch_online,
+    fetch_pretrained_model,
+)
 
 
 def inverted_residual(channels: int, dilation: int, *, expand_ratio: int = 6) -> nn.Module:
@@ -62,13 +67,7 @@ def mobilenet_v3_large(kind: str, *, num_classes: int, pretrained_backbone: bool
     name = f"{kind}_mobilenet_v3_large"
     extra = {"aux_loss": False} if kind == "deeplabv3" else {}
     if pretrained:
-        categories = len(weights_enum.DEFAULT.meta["categories"])
-        if num_classes != categories:
-            raise TrainingError(
-                f"torchvision's pretrained {name} has {categories} classes, not {num_classes}: "
-                f"pass --num-classes {categories} or load your own --weights PATH"
-            )
-        model = fetch_online(f"torchvision weights for {name}", lambda: build(weights=weights_enum.DEFAULT))
+        model = fetch_pretrained_model(name, build, weights_enum, num_classes=num_classes)
     elif pretrained_backbone:
         model = fetch_online(
             "ImageNet weights for mobilenet_v3_large",

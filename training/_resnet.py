@@ -9,8 +9,13 @@ from torchvision.models import segmentation as tv_seg
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
-from training._backbone import BackboneParts, dilate_block, dilate_to_output_stride, fetch_online
-from training.errors import TrainingError
+from training._backbone import (
+    BackboneParts,
+    dilate_block,
+    dilate_to_output_stride,
+    fetch_online,
+    fetch_pretrained_model,
+)
 
 _SMALL = {
     "resnet18": (tv_resnet.resnet18, tv_resnet.ResNet18_Weights),
@@ -69,13 +74,7 @@ def large_resnet(depth: str, kind: str, *, num_classes: int, pretrained_backbone
     """torchvision's FCN / DeepLabV3 on dilated ResNet-50/101 (output stride 8), aux head dropped."""
     build, weights_enum, backbone_enum = _LARGE[(kind, depth)]
     if pretrained:
-        categories = len(weights_enum.DEFAULT.meta["categories"])
-        if num_classes != categories:
-            raise TrainingError(
-                f"torchvision's pretrained {kind}_{depth} has {categories} classes, not {num_classes}: "
-                f"pass --num-classes {categories} or load your own --weights PATH"
-            )
-        model = fetch_online(f"torchvision weights for {kind}_{depth}", lambda: build(weights=weights_enum.DEFAULT))
+        model = fetch_pretrained_model(f"{kind}_{depth}", build, weights_enum, num_classes=num_classes)
     elif pretrained_backbone:
         model = fetch_online(
             f"ImageNet weights for {depth}",
