@@ -72,7 +72,9 @@ def _check_sqlite_file(path: Path, *, create: bool) -> None:
             head = f.read(len(_SQLITE_MAGIC))
     except OSError as e:
         raise StorageError(f"cannot read {path}: {e.strerror}") from e
-    if head != _SQLITE_MAGIC and not (create and path.stat().st_size == 0):
+    # Judge by the bytes read, not a later stat: another process creating the same store may
+    # write its header between the two, which made a racing creator refuse a good store.
+    if head != _SQLITE_MAGIC and not (create and head == b""):
         raise StorageError(f"{path} is not a mess-dse store (not a SQLite file); pass --db URL")
 
 
