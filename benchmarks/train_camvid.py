@@ -14,7 +14,14 @@ so a full run takes about 7 x --minutes plus evaluation. Prints per-exit val mIo
 that finds a finished checkpoint there reuses it and an interrupted one resumes it, so the
 benchmark can be stopped and restarted. --quick: a few images, one epoch each, seconds.
 
+--epochs S1,S2 trains by epochs instead of wall clock, so a busy machine changes only the times,
+never the numbers: stage 1 S1 epochs, each stage 2 S2 epochs, end-to-end S1+S2, and the
+single-exit network twice: S1 epochs (the same backbone training as the MESS final exit) and
+S1+S2 epochs (the same number of passes over the data as stage 1 + stage 2). Wall time of every
+run is printed.
+
     .venv/bin/python benchmarks/train_camvid.py --minutes 8
+    .venv/bin/python benchmarks/train_camvid.py --epochs 3,2
     .venv/bin/python benchmarks/train_camvid.py --quick
 """
 
@@ -67,6 +74,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-root", default=str(DEFAULT_DATA))
     p.add_argument("--out", default="/tmp/mess-bench")
     p.add_argument("--minutes", type=float, default=8.0, help="budget of each stage")
+    p.add_argument(
+        "--epochs", default=None, metavar="S1,S2",
+        help="train by epochs (stage 1, stage 2) instead of --minutes; see the module docstring",
+    )  # fmt: skip
     p.add_argument("--full-res", action="store_true", help="480x360 instead of 240x180")
     p.add_argument("--arch", default="fcn_efficientnet_lite0")
     p.add_argument("--positions", default=POSITIONS)
@@ -87,21 +98,40 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _epochs(a: argparse.Namespace) -> tuple[int, int] | None:
+    """(stage 1, stage 2) epochs of --epochs, None in wall-clock mode."""
+    if a.epochs is None:
+        return None
+    try:
+        s1, s2 = (int(x) for x in a.epochs.split(","))
+    except ValueError:
+        raise SystemExit(f"error: --epochs wants two integers 'S1,S2', got {a.epochs!r}") from None
+    if s1 < 1 or s2 < 1:
+        raise SystemExit(f"error: --epochs wants positive counts, got {a.epochs!r}")
+    return s1, s2
+
+
 def _request(
-    a: argparse.Namespace, stage: str, out: Path, minutes: float, init: Path | None
+    a: argparse.Namespace,
+    stage: str,
+    out: Path,
+    minutes: float,
+    init: Path | None,
+    epochs: int | None = None,
 ) -> TrainRequest:
     size = (360, 480) if a.full_res else (180, 240)
     if a.quick:
         size = (48, 64)
     reuse = out.exists()
     base = TrainConfig(
-        mode="stage1", epochs=1 if a.quick else 1000, batch_size=a.batch_size,
+        mode="stage1", epochs=1 if a.quick else (epochs or 1000), batch_size=a.batch_size,
         optimizer=a.optimizer, lr=a.lr, class_weighting=a.class_weighting,
         device=a.device, threads=a.threads,
     )  # fmt: skip
     return TrainRequest(
         arch=a.arch, data="camvid", data_root=a.data_root, out=str(out), stage=stage,
-        input_size=size, base=base, time_budget_s=None if a.quick else minutes * 60,
+        input_size=size, base=base,
+        time_budget_s=None if a.quick or epochs else minutes * 60,
         resume=reuse, init=None if reuse else (str(init) if init else None),
         head_space=tuple(a.head_space.split(",")), positions=tuple(a.positions.split(",")),
         pretrained_backbone=not a.scratch,
@@ -110,14 +140,20 @@ def _request(
 
 
 def _train(
-    a: argparse.Namespace, name: str, stage: str, minutes: float, init: Path | None = None
+    a: argparse.Namespace,
+    name: str,
+    stage: str,
+    minutes: float,
+    init: Path | None = None,
+    epochs: int | None = None,
 ) -> Path:
     out = Path(a.out) / f"{name}.pt"
     if out.exists() and (read_checkpoint(out).get("train_state") or {}).get("finished"):
         print(f"{name}: reusing finished {out}", file=sys.stderr)
         return out
-    print(f"{name}: training ({stage}, {minutes:g} min budget)", file=sys.stderr, flush=True)
-    run_training(_request(a, stage, out, minutes, init), progress=_Log())
+    budget = f"{epochs} epochs" if epochs else f"{minutes:g} min budget"
+    print(f"{name}: training ({stage}, {budget})", file=sys.stderr, flush=True)
+    run_training(_request(a, stage, out, minutes, init, epochs), progress=_Log())
     return out
 
 
@@ -141,6 +177,8 @@ def _spent(path: Path) -> dict[str, float]:
 def _table(results: dict[str, dict[str, float]], exit_ids: list[str]) -> str:
     cols = [("pfd", "MESS two-stage + PFD"), ("ic_only", "IC-only"), ("e2e", "end-to-end"),
             ("single", "single-exit")]  # fmt: skip
+    if "single_long" in results:
+        cols.append(("single_long", "single-exit, S1+S2 epochs"))
     width = max(len(e) for e in [*exit_ids, "final"]) + 2
     lines = ["| exit | " + " | ".join(title for _, title in cols) + " |",
              "|---|" + "---:|" * len(cols)]  # fmt: skip
@@ -161,34 +199,37 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        stage1 = _train(a, "stage1", "1", a.minutes)
-        pfd = _train(a, "pfd", "2", a.minutes, init=stage1)
-        ic = _train(a, "ic_only", "ic-only", a.minutes, init=stage1)
-        e2e = _train(a, "e2e", "end-to-end", 2 * a.minutes)
-        single = _train(a, "single", "final-only", 2 * a.minutes)
+        epochs = _epochs(a)
+        s1, s2 = epochs if epochs else (None, None)
+        both = s1 + s2 if s1 and s2 else None
+        runs = {"stage1": _train(a, "stage1", "1", a.minutes, epochs=s1)}
+        runs["pfd"] = _train(a, "pfd", "2", a.minutes, init=runs["stage1"], epochs=s2)
+        runs["ic_only"] = _train(a, "ic_only", "ic-only", a.minutes, init=runs["stage1"], epochs=s2)
+        runs["e2e"] = _train(a, "e2e", "end-to-end", 2 * a.minutes, epochs=both)
+        runs["single"] = _train(a, "single", "final-only", 2 * a.minutes, epochs=s1)
+        if epochs:
+            runs["single_long"] = _train(a, "single_long", "final-only", 0, epochs=both)
         results = {
-            "stage1": _evaluate(a, stage1, exits=False),
-            "pfd": _evaluate(a, pfd, exits=True),
-            "ic_only": _evaluate(a, ic, exits=True),
-            "e2e": _evaluate(a, e2e, exits=True),
-            "single": _evaluate(a, single, exits=False),
+            name: _evaluate(a, path, exits=name in ("pfd", "ic_only", "e2e"))
+            for name, path in runs.items()
         }
-        spent = {name: _spent(path) for name, path in
-                 [("stage1", stage1), ("pfd", pfd), ("ic_only", ic), ("e2e", e2e),
-                  ("single", single)]}  # fmt: skip
+        spent = {name: _spent(path) for name, path in runs.items()}
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     exit_ids = [e for e in results["pfd"] if e != "final"]
     size = "480x360" if a.full_res else "240x180"
-    print(f"CamVid val mIoU (%), {a.arch}, {size}, {a.minutes:g} min per stage"
+    budget = f"epochs {a.epochs} (stage 1, stage 2)" if a.epochs else f"{a.minutes:g} min per stage"
+    print(f"CamVid val mIoU (%), {a.arch}, {size}, {budget}"
           f"{' (QUICK smoke test: meaningless numbers)' if a.quick else ''}")  # fmt: skip
     print(_table(results, exit_ids))
     print(f"stage-1 network alone: final {100 * results['stage1']['final']:.1f}")
     for name, used in spent.items():
         print(f"{name}: {used['epochs']} epochs in {used['minutes']:.1f} min")
     print(f"total wall time {(time.perf_counter() - started) / 60:.1f} min; checkpoints in {out}")
-    (out / "results.json").write_text(json.dumps({**results, "spent": spent}, indent=1, sort_keys=True))
+    (out / "results.json").write_text(
+        json.dumps({**results, "spent": spent}, indent=1, sort_keys=True)
+    )
     return 0
 
 
