@@ -42,6 +42,8 @@ class TrainRequest:
         base: settings shared by the modes (its ``mode`` is replaced per stage).
         time_budget_s: total wall-clock budget of all stages (None: epochs only).
         stage1_share: share of the budget given to stage 1 when both stages run.
+        stage2_epochs: epochs of the frozen-backbone modes (stage2, ic-only); None: base.epochs.
+            Heads on a frozen backbone converge in fewer epochs than the backbone itself.
         init: checkpoint to start from (e.g. stage 1 weights for --stage 2).
         train_size, val_size: use only the first N samples (synthetic: generate N).
     """
@@ -55,6 +57,7 @@ class TrainRequest:
     base: TrainConfig = field(default_factory=lambda: TrainConfig(mode="stage1"))
     time_budget_s: float | None = None
     stage1_share: float = 0.5
+    stage2_epochs: int | None = None
     resume: bool = False
     init: str | None = None
     head_space: tuple[str, ...] | None = None
@@ -71,6 +74,8 @@ class TrainRequest:
             raise ValueError(f"stage1_share must be in (0, 1), got {self.stage1_share}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
+        if self.stage2_epochs is not None and self.stage2_epochs < 1:
+            raise ValueError(f"stage 2 epochs must be >= 1, got {self.stage2_epochs}")
         if self.resume and self.init is not None:
             raise ValueError("resume and init exclude each other")
 
@@ -158,6 +163,13 @@ def _network(
     return network, meta
 
 
+def _epochs(request: TrainRequest, mode: str) -> int:
+    """Epochs of this mode: the frozen-backbone modes may have their own count."""
+    if request.stage2_epochs is not None and mode in ("stage2", "ic-only"):
+        return request.stage2_epochs
+    return request.base.epochs
+
+
 def _budget(request: TrainRequest, mode: str, stage1_s: float | None) -> float | None:
     """This mode's own budget: stage 1 gets its share; stage 2 what stage 1 left."""
     total = request.time_budget_s
@@ -192,7 +204,10 @@ def run_training(request: TrainRequest, *, progress: TrainProgress | None = None
             "class_names": list(train_set.class_names),
             "completed_modes": done,
         }
-        config = replace(request.base, mode=mode, time_budget_s=_budget(request, mode, stage1_s))
+        config = replace(
+            request.base, mode=mode, epochs=_epochs(request, mode),
+            time_budget_s=_budget(request, mode, stage1_s),
+        )  # fmt: skip
         records = train_network(
             network, train_set, val_set, config,
             out=request.out, meta=meta, resume_state=resume_state, progress=progress,

@@ -114,6 +114,10 @@ def train_command(
             "--epochs", help="Epochs per stage (default 10; with --time-budget: as many as fit)."
         ),
     ] = None,
+    stage2_epochs: Annotated[
+        int | None,
+        typer.Option("--stage2-epochs", help="Epochs of stage 2 / ic-only (default: --epochs)."),
+    ] = None,
     time_budget: Annotated[
         float | None,
         typer.Option("--time-budget", help="Minutes for all stages; stops at an epoch boundary."),
@@ -178,6 +182,8 @@ def train_command(
         raise DseError(f"--time-budget must be > 0 minutes, got {time_budget}")
     if epochs is None:  # with a budget only: as many epochs as fit
         epochs = 10 if time_budget is None else 100_000
+    if stage2_epochs is not None and stage2_epochs < 1:
+        raise DseError(f"--stage2-epochs must be >= 1, got {stage2_epochs}")
     try:
         base = TrainConfig(
             mode="stage1", epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
@@ -188,7 +194,7 @@ def train_command(
         request = TrainRequest(
             arch=arch, data=data, data_root=data_root, out=out, stage=stage, input_size=size,
             base=base, time_budget_s=None if time_budget is None else time_budget * 60.0,
-            stage1_share=stage1_share, resume=resume, init=init,
+            stage1_share=stage1_share, stage2_epochs=stage2_epochs, resume=resume, init=init,
             head_space=_split_list(head_space), positions=_split_list(positions),
             pretrained_backbone=pretrained_backbone, train_size=train_size, val_size=val_size,
         )  # fmt: skip

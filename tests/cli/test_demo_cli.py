@@ -11,8 +11,9 @@ from dse.cli._demo import DemoPlan, run_demo
 
 TINY = DemoPlan(
     input_size=(32, 32), heads=("crm64-b0-fcn", "nocrm-b0-fcn"), positions=("layer3.*",),
-    train_size=16, val_size=8, calib_size=8, epochs=1, batch_size=4, max_exits=2, repeat=2,
-)
+    train_size=16, val_size=8, calib_size=8, epochs=1, stage2_epochs=1, batch_size=4, max_exits=2,
+    repeat=2,
+)  # fmt: skip
 
 
 def _rows(db: Path, table: str) -> int:

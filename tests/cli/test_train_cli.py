@@ -72,6 +72,18 @@ def test_both_stages_then_resume_and_stage_two_in_place(
     assert code == 0 and "nothing to do" in stdout
 
 
+def test_stage_two_may_train_fewer_epochs_than_stage_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mess.pt"
+    args = ["--epochs", "2", "--stage2-epochs", "1", "--out", str(out), "--json"]
+    code, stdout, _ = _run(capsys, *TINY, "--head-space", "nocrm-b0-fcn", *args)
+    assert code == 0
+    events = [json.loads(line) for line in stdout.splitlines()]
+    epochs = [(e["mode"], e["epoch"]) for e in events if e["event"] == "epoch"]
+    assert epochs == [("stage1", 1), ("stage1", 2), ("stage2", 1)]
+
+
 def test_bad_inputs_give_one_line_and_write_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -93,6 +105,8 @@ def test_bad_inputs_give_one_line_and_write_nothing(
     assert code == 2 and "stage" in _one_error_line(err)
     code, _, err = _run(capsys, *TINY, "--resume", "--out", str(out))
     assert code == 2 and "nothing to resume" in _one_error_line(err)
+    code, _, err = _run(capsys, *TINY, "--stage2-epochs", "0", "--out", str(out))
+    assert code == 2 and "--stage2-epochs" in _one_error_line(err)
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flat"]
 

@@ -44,6 +44,30 @@ def test_synthetic_difficulty_varies_and_hard_scenes_have_smaller_objects() -> N
     assert per_object_hard < per_object_easy
 
 
+def test_synthetic_colour_names_the_class_only_in_easy_scenes() -> None:
+    """Hard scenes must need shape, texture and context (depth), not a colour lookup."""
+    from training._synthetic import _COLOURS
+
+    ds = build_dataset("synthetic", split="train", input_size=(64, 64), size=200)
+    hits: dict[str, list[bool]] = {"easy": [], "hard": []}
+    for i in range(len(ds)):
+        d = ds.difficulty(i)
+        if 0.2 <= d <= 0.8:
+            continue
+        image, label = ds.raw(i)
+        image = image.float() / 255
+        for cls in (2, 3):  # discs, squares (flat fill): is the median colour their own class's?
+            region = label == cls
+            if int(region.sum()) < 20:
+                continue
+            median = image[:, region].median(dim=1).values
+            nearest = int((_COLOURS[2:] - median).norm(dim=1).argmin()) + 2
+            hits["easy" if d < 0.2 else "hard"].append(nearest == cls)
+    easy, hard = np.mean(hits["easy"]), np.mean(hits["hard"])
+    assert len(hits["easy"]) > 20 and len(hits["hard"]) > 20
+    assert easy > 0.9 and hard < 0.65, (easy, hard)
+
+
 def test_augmentation_is_deterministic_per_epoch_and_keeps_labels_whole() -> None:
     ds = build_dataset("synthetic", split="train", input_size=(32, 32), size=4, augment=True)
     first = ds[1]
