@@ -5,11 +5,12 @@ EfficientNet-Lite0 MESS network (ImageNet backbone), CamVid from ../shared at 24
 
     stage 1 (exit-aware backbone)                      --minutes
     (a) stage 2 with positive-filtering distillation   --minutes, from stage 1
+    (a') the same, distilled pixels class-weighted     --minutes, from stage 1
     (b) IC-only: stage 2 with CE only                  --minutes, from stage 1
     (c) end-to-end: all exits and backbone jointly     2 x --minutes (same time as stage 1 + 2)
     (d) single-exit network (final exit only)          2 x --minutes
 
-so a full run takes about 7 x --minutes plus evaluation. Prints per-exit val mIoU of (a), (b),
+so a full run takes about 8 x --minutes plus evaluation. Prints per-exit val mIoU of (a), (a'), (b),
 (c) and the final-exit mIoU of (d). Checkpoints go to --out (default /tmp/mess-bench); a run
 that finds a finished checkpoint there reuses it and an interrupted one resumes it, so the
 benchmark can be stopped and restarted. --quick: a few images, one epoch each, seconds.
@@ -118,6 +119,7 @@ def _request(
     minutes: float,
     init: Path | None,
     epochs: int | None = None,
+    weighted_kd: bool = False,
 ) -> TrainRequest:
     size = (360, 480) if a.full_res else (180, 240)
     if a.quick:
@@ -126,7 +128,7 @@ def _request(
     base = TrainConfig(
         mode="stage1", epochs=1 if a.quick else (epochs or 1000), batch_size=a.batch_size,
         optimizer=a.optimizer, lr=a.lr, class_weighting=a.class_weighting,
-        device=a.device, threads=a.threads,
+        distill_class_weights=weighted_kd, device=a.device, threads=a.threads,
     )  # fmt: skip
     return TrainRequest(
         arch=a.arch, data="camvid", data_root=a.data_root, out=str(out), stage=stage,
@@ -146,6 +148,7 @@ def _train(
     minutes: float,
     init: Path | None = None,
     epochs: int | None = None,
+    weighted_kd: bool = False,
 ) -> Path:
     out = Path(a.out) / f"{name}.pt"
     if out.exists() and (read_checkpoint(out).get("train_state") or {}).get("finished"):
@@ -153,7 +156,7 @@ def _train(
         return out
     budget = f"{epochs} epochs" if epochs else f"{minutes:g} min budget"
     print(f"{name}: training ({stage}, {budget})", file=sys.stderr, flush=True)
-    run_training(_request(a, stage, out, minutes, init, epochs), progress=_Log())
+    run_training(_request(a, stage, out, minutes, init, epochs, weighted_kd), progress=_Log())
     return out
 
 
@@ -175,8 +178,8 @@ def _spent(path: Path) -> dict[str, float]:
 
 
 def _table(results: dict[str, dict[str, float]], exit_ids: list[str]) -> str:
-    cols = [("pfd", "MESS two-stage + PFD"), ("ic_only", "IC-only"), ("e2e", "end-to-end"),
-            ("single", "single-exit")]  # fmt: skip
+    cols = [("pfd", "MESS two-stage + PFD"), ("pfd_cw", "PFD, class-weighted KD"),
+            ("ic_only", "IC-only"), ("e2e", "end-to-end"), ("single", "single-exit")]  # fmt: skip
     if "single_long" in results:
         cols.append(("single_long", "single-exit, S1+S2 epochs"))
     width = max(len(e) for e in [*exit_ids, "final"]) + 2
@@ -204,13 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         both = s1 + s2 if s1 and s2 else None
         runs = {"stage1": _train(a, "stage1", "1", a.minutes, epochs=s1)}
         runs["pfd"] = _train(a, "pfd", "2", a.minutes, init=runs["stage1"], epochs=s2)
+        runs["pfd_cw"] = _train(
+            a, "pfd_cw", "2", a.minutes, init=runs["stage1"], epochs=s2, weighted_kd=True
+        )
         runs["ic_only"] = _train(a, "ic_only", "ic-only", a.minutes, init=runs["stage1"], epochs=s2)
         runs["e2e"] = _train(a, "e2e", "end-to-end", 2 * a.minutes, epochs=both)
         runs["single"] = _train(a, "single", "final-only", 2 * a.minutes, epochs=s1)
         if epochs:
             runs["single_long"] = _train(a, "single_long", "final-only", 0, epochs=both)
         results = {
-            name: _evaluate(a, path, exits=name in ("pfd", "ic_only", "e2e"))
+            name: _evaluate(a, path, exits=name in ("pfd", "pfd_cw", "ic_only", "e2e"))
             for name, path in runs.items()
         }
         spent = {name: _spent(path) for name, path in runs.items()}

@@ -99,6 +99,7 @@ def batch_loss(
     early_weight: float,
     alpha: float,
     temperature: float,
+    distill_class_weights: bool = False,
 ) -> Tensor:
     """The loss of one batch in ``mode`` (``exit_ids``: heads trained in this mode, in order)."""
     size = (labels.shape[-2], labels.shape[-1])
@@ -111,8 +112,9 @@ def batch_loss(
         for exit_id in exit_ids:  # heads are independent: one summed backward trains each alone
             logits = upsample(network.run_head(exit_id, features[position_of(exit_id)]), size)
             total = total + pfd_loss(
-                logits, teacher, labels, alpha=distil, temperature=temperature, weight=weight
-            )
+                logits, teacher, labels, alpha=distil, temperature=temperature, weight=weight,
+                distill_class_weights=distill_class_weights,
+            )  # fmt: skip
         return total
     features, final_native = network.backbone_features(images)
     loss = segmentation_ce(upsample(final_native, size), labels, weight=weight)

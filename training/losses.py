@@ -39,10 +39,12 @@ def filtered_kl(
     mask: torch.Tensor,
     *,
     temperature: float = 1.0,
+    pixel_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean over masked pixels of KL(softmax(teacher/T) || softmax(student/T)); 0 if none masked.
 
-    The teacher is detached: distillation never moves the final exit.
+    The teacher is detached: distillation never moves the final exit. ``pixel_weight`` [N, H, W]
+    turns the mean into a weighted mean (sum w * KL / sum w over the masked pixels).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -51,7 +53,10 @@ def filtered_kl(
     log_student = F.log_softmax(student_logits / temperature, dim=1)
     log_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
     per_pixel = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1)  # [N, H, W]
-    return per_pixel[mask].mean()
+    if pixel_weight is None:
+        return per_pixel[mask].mean()
+    w = pixel_weight[mask]
+    return (per_pixel[mask] * w).sum() / w.sum().clamp_min(1e-12)
 
 
 def pfd_loss(
@@ -63,13 +68,24 @@ def pfd_loss(
     temperature: float = 1.0,
     weight: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    distill_class_weights: bool = False,
 ) -> torch.Tensor:
-    """CE(student, y) + alpha * T^2 * filtered KL towards the teacher (alpha = 0: plain CE)."""
+    """CE(student, y) + alpha * T^2 * filtered KL towards the teacher (alpha = 0: plain CE).
+
+    ``distill_class_weights``: weight each distilled pixel by the class weight of its label, as
+    the CE term does. With rare classes up-weighted in the CE only, the unweighted KL mean (the
+    method's) is dominated by the frequent classes the teacher gets right.
+    """
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     ce = segmentation_ce(student_logits, target, weight=weight, ignore_index=ignore_index)
     if alpha == 0:
         return ce
     mask = positive_filter_mask(teacher_logits, target, ignore_index=ignore_index)
-    kl = filtered_kl(student_logits, teacher_logits, mask, temperature=temperature)
+    pixel_weight = None
+    if distill_class_weights and weight is not None:
+        pixel_weight = weight[target.clamp(0, weight.numel() - 1)]  # ignored pixels: not in mask
+    kl = filtered_kl(
+        student_logits, teacher_logits, mask, temperature=temperature, pixel_weight=pixel_weight
+    )
     return ce + alpha * temperature * temperature * kl

@@ -41,6 +41,7 @@ OPTIMIZERS = ("sgd", "adamw")
 _RESUME_KEYS = (
     "mode", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "poly_power",
     "early_weight", "alpha", "temperature", "class_weighting", "seed", "exits",
+    "distill_class_weights",
 )  # fmt: skip
 
 
@@ -57,6 +58,8 @@ class TrainConfig:
             modes every candidate exit of the network).
         early_weight: stage 1 weight of the early exit's CE (the final exit's is 1).
         alpha, temperature: positive-filtering distillation (stage2).
+        distill_class_weights: weight distilled pixels by their label's class weight, like the
+            CE term (off: the method's plain mean).
         class_weighting: none | enet | median.
         threads: torch CPU threads (None: leave torch's default).
     """
@@ -73,6 +76,7 @@ class TrainConfig:
     early_weight: float = 1.0
     alpha: float = 1.0
     temperature: float = 1.0
+    distill_class_weights: bool = False
     class_weighting: str = "none"
     exits: tuple[str, ...] | None = None
     seed: int = 0
@@ -195,8 +199,9 @@ def _loader(dataset: SegmentationDataset, config: TrainConfig, epoch: int) -> Da
 def _check_resume(state: dict[str, Any], config: TrainConfig, exit_ids: list[str]) -> None:
     saved = state.get("config", {})
     now = {**asdict(config), "exits": exit_ids}
-    for key in _RESUME_KEYS:
-        old, new = saved.get(key), now.get(key)
+    defaults = asdict(TrainConfig(mode=config.mode))
+    for key in _RESUME_KEYS:  # a key older checkpoints lack had its default then
+        old, new = saved.get(key, defaults.get(key)), now.get(key)
         if isinstance(old, (list, tuple)) or isinstance(new, (list, tuple)):
             old, new = list(old or []), list(new or [])
         if old != new:
@@ -278,6 +283,7 @@ def train_network(
                 iteration=iteration, exit_ids=exit_ids, weight=weight,
                 early_weight=config.early_weight, alpha=config.alpha,
                 temperature=config.temperature,
+                distill_class_weights=config.distill_class_weights,
             )  # fmt: skip
             if not torch.isfinite(loss):
                 raise TrainingError(

@@ -151,6 +151,13 @@ def train_command(
     ] = "sgd",
     alpha: Annotated[float, typer.Option("--alpha", help="Distillation weight (stage 2).")] = 1.0,
     temperature: Annotated[float, typer.Option("--temperature", help="Distillation T.")] = 1.0,
+    distill_class_weights: Annotated[
+        bool,
+        typer.Option(
+            "--distill-class-weights",
+            help="Weight distilled pixels by their class weight, as the CE (with --class-weighting).",
+        ),
+    ] = False,
     early_weight: Annotated[
         float, typer.Option("--early-weight", help="Stage-1 early exit weight.")
     ] = 1.0,
@@ -188,6 +195,7 @@ def train_command(
         base = TrainConfig(
             mode="stage1", epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
             alpha=alpha, temperature=temperature, early_weight=early_weight,
+            distill_class_weights=distill_class_weights,
             class_weighting=class_weighting, exits=_split_list(exits), seed=seed,
             device=device, threads=threads,
         )  # fmt: skip

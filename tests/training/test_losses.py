@@ -63,3 +63,22 @@ def test_class_weights_change_the_ce() -> None:
     plain = segmentation_ce(student, target)
     weighted = segmentation_ce(student, target, weight=torch.tensor([1.0, 5.0]))
     assert float(plain) != pytest.approx(float(weighted))
+
+
+def test_class_weighted_distillation_weights_each_kept_pixel_by_its_label() -> None:
+    student, teacher, target = _hand_made()
+    weight = torch.tensor([1.0, 5.0])
+    kls = []
+    for p in (0, 2):  # the kept pixels: labels 0 and 1
+        t = F.softmax(teacher[0, :, 0, p], dim=0)
+        s = F.softmax(student[0, :, 0, p], dim=0)
+        kls.append(float((t * (t.log() - s.log())).sum()))
+    ce = float(segmentation_ce(student, target, weight=weight))
+    weighted = pfd_loss(student, teacher, target, weight=weight, distill_class_weights=True)
+    plain = pfd_loss(student, teacher, target, weight=weight)
+    assert float(weighted) == pytest.approx(ce + (1 * kls[0] + 5 * kls[1]) / 6, rel=1e-5)
+    assert float(plain) == pytest.approx(ce + (kls[0] + kls[1]) / 2, rel=1e-5)
+    # without class weights there is nothing to weight by: the method's plain mean
+    assert float(pfd_loss(student, teacher, target, distill_class_weights=True)) == pytest.approx(
+        float(pfd_loss(student, teacher, target)), rel=1e-6
+    )

@@ -117,6 +117,15 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -
     with pytest.raises(TrainingError, match="batch_size"):
         train_network(_tiny(), _data(12), None, changed, out=cut, meta=META, resume_state=state)
 
+    # a checkpoint written before a setting existed resumes when the setting keeps its default
+    older = {**state, "config": {k: v for k, v in state["config"].items() if k != "distill_class_weights"}}
+    train_network(_tiny(), _data(12), None, config, out=cut, meta=META, resume_state=older)
+    with pytest.raises(TrainingError, match="distill_class_weights"):
+        weighted = TrainConfig(
+            mode="stage1", epochs=2, batch_size=8, lr=0.05, seed=3, distill_class_weights=True
+        )
+        train_network(_tiny(), _data(12), None, weighted, out=cut, meta=META, resume_state=older)
+
 
 def test_time_budget_stops_at_an_epoch_boundary(tmp_path: Path) -> None:
     config = TrainConfig(mode="final-only", epochs=50, batch_size=8, lr=0.01, time_budget_s=0.01)
