@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training._stages import FROZEN_BACKBONE_MODES
 from training.checkpoint import load_checkpoint, read_checkpoint
 from training.data import SegmentationDataset, build_dataset
 from training.errors import TrainingError
@@ -165,7 +166,7 @@ def _network(
 
 def _epochs(request: TrainRequest, mode: str) -> int:
     """Epochs of this mode: the frozen-backbone modes may have their own count."""
-    if request.stage2_epochs is not None and mode in ("stage2", "ic-only"):
+    if request.stage2_epochs is not None and mode in FROZEN_BACKBONE_MODES:
         return request.stage2_epochs
     return request.base.epochs
 
