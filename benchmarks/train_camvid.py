@@ -211,6 +211,28 @@ def _table(results: dict[str, dict[str, float]], exit_ids: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _verdicts(results: dict[str, dict[str, float]], exit_ids: list[str]) -> list[str]:
+    """The issue's two expectations, counted: PFD >= IC-only per early exit; final vs single."""
+    lines = []
+    ic = results.get("ic_only", {})
+    for name in ("pfd", "pfd_cw"):
+        if name in results and ic:
+            wins = sum(results[name][e] >= ic[e] for e in exit_ids)
+            gaps = [100 * (results[name][e] - ic[e]) for e in exit_ids]
+            lines.append(
+                f"{name} >= IC-only at {wins}/{len(exit_ids)} early exits "
+                f"(difference {min(gaps):+.1f} to {max(gaps):+.1f}, mean {sum(gaps) / len(gaps):+.1f})"
+            )
+    final = results["stage1"]["final"]
+    for name in ("single", "single_long"):
+        if name in results:
+            lines.append(
+                f"MESS final {100 * final:.1f} vs {name} {100 * results[name]['final']:.1f} "
+                f"({100 * (final - results[name]['final']):+.1f})"
+            )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
     if a.threads:
@@ -250,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (QUICK smoke test: meaningless numbers)' if a.quick else ''}")  # fmt: skip
     print(_table(results, exit_ids))
     print(f"stage-1 network alone: final {100 * results['stage1']['final']:.1f}")
+    for line in _verdicts(results, exit_ids):
+        print(line)
     for name, used in spent.items():
         print(f"{name}: {used['epochs']} epochs in {used['minutes']:.1f} min")
     print(f"total wall time {(time.perf_counter() - started) / 60:.1f} min; checkpoints in {out}")
