@@ -35,7 +35,13 @@ from profiling.closed_loop import (
 )
 from profiling.device import device_fingerprint
 from profiling.errors import ProfilingError
-from profiling.timing import LatencyStats, TimingSettings, _synchronize, time_callable
+from profiling.timing import (
+    LatencyStats,
+    TimingSettings,
+    run_protocol,
+    synchronize,
+    time_callable,
+)
 
 if TYPE_CHECKING:
     from training.network import MessNetwork
@@ -162,22 +168,14 @@ def time_segments_in_sequence(network: MessNetwork, x: torch.Tensor, *, device: 
         for i, segment in enumerate(network.segments):
             start = time.perf_counter()
             feat = segment(feat)
-            _synchronize(device)
+            synchronize(device)
             elapsed = time.perf_counter() - start
             spent += elapsed
             if record:
                 samples[i].append(elapsed * 1e3)
         return spent
 
-    with torch.inference_mode():
-        _synchronize(device)
-        for _ in range(settings.warmup):
-            run(False)
-        spent = 0.0
-        while len(samples[0]) < settings.repeat or (
-            spent < settings.min_time_s and len(samples[0]) < settings.max_repeat
-        ):
-            spent += run(True)
+    run_protocol(run, device=device, settings=settings)
     return {name: LatencyStats.from_samples(s) for name, s in zip(names, samples, strict=True)}
 
 

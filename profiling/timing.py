@@ -112,35 +112,51 @@ def keep_heap_allocations() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so a clock read after it is honest (no-op on a CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def run_protocol(
+    run: Callable[[bool], float], *, device: torch.device, settings: TimingSettings
+) -> None:
+    """The timing protocol every measurement follows, around `run(record) -> seconds`.
+
+    Keeps heap allocations, runs `settings.warmup` untimed runs (`record` False), then timed
+    runs until both `settings.repeat` runs and `settings.min_time_s` seconds are reached (capped
+    at `settings.max_repeat`). `run` takes its own samples; it must synchronize `device` before
+    reading the clock.
+    """
+    keep_heap_allocations()
+    with torch.inference_mode():
+        for _ in range(settings.warmup):
+            run(False)
+        synchronize(device)
+        spent, runs = 0.0, 0
+        while runs < settings.repeat or (
+            spent < settings.min_time_s and runs < settings.max_repeat
+        ):
+            spent += run(True)
+            runs += 1
 
 
 def time_callable(
     fn: Callable[[], object], *, device: torch.device, settings: TimingSettings
 ) -> LatencyStats:
-    """Time `fn()` (no arguments: bind module and input with a lambda) under `no_grad`.
-
-    Runs `settings.warmup` untimed calls, then timed calls until both `settings.repeat` runs
-    and `settings.min_time_s` seconds are reached (capped at `settings.max_repeat`).
-    """
-    keep_heap_allocations()
+    """Time `fn()` (no arguments: bind module and input with a lambda) under `run_protocol`."""
     samples: list[float] = []
-    with torch.inference_mode():
-        for _ in range(settings.warmup):
-            fn()
-        _synchronize(device)
-        spent = 0.0
-        while len(samples) < settings.repeat or (
-            spent < settings.min_time_s and len(samples) < settings.max_repeat
-        ):
-            start = time.perf_counter()
-            fn()
-            _synchronize(device)
-            elapsed = time.perf_counter() - start
-            spent += elapsed
+
+    def run(record: bool) -> float:
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+        if record:
             samples.append(elapsed * 1e3)
+        return elapsed
+
+    run_protocol(run, device=device, settings=settings)
     return LatencyStats.from_samples(samples)
 
 
