@@ -75,7 +75,8 @@ def _train(plan: DemoPlan, checkpoint: Path) -> None:
     request = TrainRequest(
         arch=plan.arch, data="synthetic", out=str(checkpoint), stage="both",
         input_size=plan.input_size, base=base, head_space=plan.heads, positions=plan.positions,
-        stage2_epochs=plan.stage2_epochs, train_size=plan.train_size, val_size=plan.val_size, resume=checkpoint.exists(),
+        stage2_epochs=plan.stage2_epochs, train_size=plan.train_size, val_size=plan.val_size,
+        resume=checkpoint.exists(),
     )
     with _RichProgress(json_lines=False) as progress:
         outcome = run_training(request, progress=progress)
