@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Sequence
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from training.errors import TrainingError
+from training.selection import parse_selection
 
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -143,53 +143,35 @@ def augment_pair(
     return image.contiguous(), label.contiguous()
 
 
-_SLICE = re.compile(r"^(?P<base>[^\[\]]+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
+class SubsetDataset(SegmentationDataset):
+    """Images picked from one or more whole splits (a calibration selection), same classes.
 
-
-def parse_split(split: str) -> tuple[str, int | None, int | None]:
-    """``val[0:50]`` -> ("val", 0, 50); ``val`` -> ("val", None, None); ``val[50:]`` -> stop None.
-
-    A slice selects images of a split by position (Python slice bounds, non-negative, no step),
-    so one split can be cut into a selection part and a held-out part.
-
-    Raises:
-        TrainingError: brackets that are not ``[start:stop]`` or an empty range.
-    """
-    if "[" not in split and "]" not in split:
-        return split, None, None
-    match = _SLICE.match(split.strip())
-    if match is None:
-        raise TrainingError(
-            f"split {split!r} is not NAME or NAME[START:STOP] (e.g. val[0:50]); fix --split"
-        )
-    start = int(match["start"]) if match["start"] else None
-    stop = int(match["stop"]) if match["stop"] else None
-    if start is not None and stop is not None and stop <= start:
-        raise TrainingError(f"split {split!r} selects no images: stop must be above start")
-    return match["base"].strip(), start, stop
-
-
-class SliceDataset(SegmentationDataset):
-    """Images ``start:stop`` of another dataset, same name, classes and sample ids (a subset).
-
-    ``split`` keeps the slice (``val[0:50]``), so its content hash differs from the whole split's
-    and from the other part's, while each image keeps the id it has in the whole split.
+    Each image keeps the sample id it has in its split; ``split`` is the selection text
+    (``val[::2]``), so each selection has its own content hash.
     """
 
     def __init__(
-        self, base: SegmentationDataset, *, split: str, start: int, stop: int, augment: bool
+        self,
+        wholes: dict[str, SegmentationDataset],
+        picks: Sequence[tuple[str, int]],
+        *,
+        split: str,
+        augment: bool,
     ) -> None:
+        first = next(iter(wholes.values()))
         super().__init__(
-            split=split, input_size=base.input_size, sample_ids=base.sample_ids[start:stop],
-            augment=augment, seed=base.seed, scale_range=base.scale_range,
+            split=split, input_size=first.input_size,
+            sample_ids=[wholes[name].sample_ids[i] for name, i in picks],
+            augment=augment, seed=first.seed, scale_range=first.scale_range,
         )  # fmt: skip
-        self.name = base.name
-        self.class_names = base.class_names
-        self.base = base
-        self.start = start
+        self.name = first.name
+        self.class_names = first.class_names
+        self.wholes = wholes
+        self.picks = list(picks)
 
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.base.raw(self.start + index)
+        name, position = self.picks[index]
+        return self.wholes[name].raw(position)
 
 
 def build_dataset(
@@ -208,36 +190,40 @@ def build_dataset(
         name: ``synthetic`` (built-in, no root), ``camvid``, ``voc`` or ``cityscapes``.
         root: folder of a folder dataset.
         split: ``train``, ``val`` or ``test`` (VOC: any ImageSets/Segmentation list name), or a
-            slice of one by image position, ``val[0:50]``, ``val[50:]`` (see `parse_split`).
+            selection of images from splits: ``val[0:50]``, ``val[::2]``,
+            ``val[random=50,seed=0]``, ``train[0001TP_*]``, ``train+val`` (see
+            `training.selection`).
         input_size: (H, W) every sample is resized to.
         augment: random scale/crop/flip (training only).
         seed: synthetic content seed and augmentation seed.
         size: number of samples (synthetic: required count, default 64; folders: first N). With a
-            slice: the first N images of the slice (synthetic generates the split up to the
-            slice's stop, default 64).
+            selection: the first N selected images (synthetic generates each split up to the
+            first slice's stop, default 64).
 
     Raises:
         TrainingError: unknown name, missing or malformed folder, labels out of range, a slice
-            outside the split.
+            outside the split, a selection that selects nothing or an image twice.
     """
     if size is not None and size <= 0:
         raise TrainingError(f"dataset size must be positive, got {size}")
-    base_split, start, stop = parse_split(split)
-    if base_split != split:
-        whole = build_dataset(
-            name, root=root, split=base_split, input_size=input_size, seed=seed,
-            size=(stop or 64) if name == "synthetic" else None,
-        )  # fmt: skip
-        first = start or 0
-        last = len(whole) if stop is None else stop
-        if last > len(whole) or first >= len(whole):
+    selection = parse_selection(split)
+    if not selection.is_plain:
+        if name not in DATASET_NAMES:
             raise TrainingError(
-                f"split {split!r} asks for images {first}..{last - 1} but '{base_split}' of "
-                f"'{name}' has {len(whole)}; use bounds within 0:{len(whole)}"
+                f"unknown dataset '{name}'; choose one of {', '.join(DATASET_NAMES)}"
             )
+        wholes: dict[str, SegmentationDataset] = {}
+        for part in selection.parts:
+            if part.split not in wholes:
+                wholes[part.split] = build_dataset(
+                    name, root=root, split=part.split, input_size=input_size, seed=seed,
+                    size=selection.synthetic_size(part.split) if name == "synthetic" else None,
+                )  # fmt: skip
+        picks = selection.resolve(lambda part_split: wholes[part_split].sample_ids)
         if size is not None:
-            last = min(last, first + size)
-        return SliceDataset(whole, split=split, start=first, stop=last, augment=augment)
+            picks = picks[:size]
+        return SubsetDataset(wholes, picks, split=selection.text, augment=augment)
+    split = selection.text
     if name == "synthetic":
         from training._synthetic import SyntheticDataset
 

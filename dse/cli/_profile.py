@@ -114,7 +114,7 @@ def profile_command(
     device: Annotated[str, typer.Option("--device", help="Name of this machine (e.g. laptop-cpu, jetson).")],
     data: Annotated[str | None, typer.Option("--data", help="Calibration dataset (default: the checkpoint's).")] = None,
     data_root: Annotated[str | None, typer.Option("--data-root", help="Dataset folder.")] = None,
-    split: Annotated[str, typer.Option("--split", help="Calibration split.")] = "val",
+    split: Annotated[str, typer.Option("--split", help="Calibration split or selection: val, 'val[::2]', ...")] = "val",
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use the first N images (synthetic: how many).")] = None,
     input_size: Annotated[str | None, typer.Option("--input-size", help="HxW (default: the checkpoint's).")] = None,
     accuracy: Annotated[bool, typer.Option("--accuracy/--no-accuracy", help="Accuracy profile when missing.")] = True,

@@ -1,5 +1,6 @@
 """Datasets: the procedural one, folder layouts, augmentation, class weights, content hash."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -115,19 +116,21 @@ def test_content_hash_tracks_pixels_size_and_order() -> None:
     assert h != dataset_content_hash(other_seed)
 
 
-def _write_camvid(root: Path, split: str, n: int, *, bad_value: int | None = None) -> None:
+def _write_camvid(
+    root: Path, split: str, n: int, *, bad_value: int | None = None, prefix: str = "f"
+) -> None:
     (root / split).mkdir(parents=True, exist_ok=True)
     (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(
-            root / split / f"f{i}.png"
+            root / split / f"{prefix}{i}.png"
         )
         label = rng.integers(0, 12, (12, 16), dtype=np.uint8)
         label[0, 0] = 11
         if bad_value is not None and i == n - 1:
             label[1, 1] = bad_value
-        Image.fromarray(label, mode="L").save(root / f"{split}annot" / f"f{i}.png")
+        Image.fromarray(label, mode="L").save(root / f"{split}annot" / f"{prefix}{i}.png")
 
 
 def test_camvid_folder_maps_void_to_ignore(tmp_path: Path) -> None:
@@ -222,7 +225,71 @@ def test_split_slice_mistakes_are_one_clear_error(tmp_path: Path) -> None:
         build_dataset("camvid", root=root, split="val[1:9]", input_size=(12, 16))
     with pytest.raises(TrainingError, match="selects no images"):
         build_dataset("camvid", root=root, split="val[2:2]", input_size=(12, 16))
-    with pytest.raises(TrainingError, match=r"NAME\[START:STOP\]"):
+    with pytest.raises(TrainingError, match=r"cannot read; use NAME"):
         build_dataset("camvid", root=root, split="val[-1:]", input_size=(12, 16))
     with pytest.raises(TrainingError, match="has 3"):
         build_dataset("camvid", root=root, split="val[3:]", input_size=(12, 16))
+
+
+def test_strided_random_glob_and_union_selections_keep_ids_and_hash_apart(tmp_path: Path) -> None:
+    _write_camvid(tmp_path, "val", 6)
+    _write_camvid(tmp_path, "train", 4, prefix="t")
+    root, size = str(tmp_path), (12, 16)
+    whole = build_dataset("camvid", root=root, split="val", input_size=size)
+    even = build_dataset("camvid", root=root, split="val[::2]", input_size=size)
+    odd = build_dataset("camvid", root=root, split="val[1::2]", input_size=size)
+    assert even.sample_ids == ["f0", "f2", "f4"] and odd.sample_ids == ["f1", "f3", "f5"]
+    assert torch.equal(odd.raw(2)[0], whole.raw(5)[0]) and torch.equal(odd[2][1], whole[5][1])
+    drawn = build_dataset("camvid", root=root, split="val[random=3,seed=7]", input_size=size)
+    again = build_dataset("camvid", root=root, split="val[random=3,seed=7]", input_size=size)
+    other_seed = [
+        build_dataset("camvid", root=root, split=f"val[random=3,seed={s}]", input_size=size)
+        for s in range(8)
+    ]
+    assert drawn.sample_ids == again.sample_ids and len(drawn) == 3
+    assert drawn.sample_ids == sorted(drawn.sample_ids, key=lambda i: int(i[1:]))  # data order
+    assert len({tuple(d.sample_ids) for d in other_seed}) > 1  # the seed matters
+    union = build_dataset("camvid", root=root, split="train[1:3]+val[4:]", input_size=size)
+    assert union.sample_ids == ["t1", "t2", "f4", "f5"] and union.name == "camvid"
+    globbed = build_dataset("camvid", root=root, split="train[t*][1::2]+val[::5]", input_size=size)
+    assert globbed.sample_ids == ["t1", "t3", "f0", "f5"]
+    assert torch.equal(globbed.raw(2)[0], whole.raw(0)[0])
+    chained = build_dataset("camvid", root=root, split="val[1:][::2]", input_size=size)
+    assert chained.sample_ids == ["f1", "f3", "f5"]
+    limited = build_dataset("camvid", root=root, split="val[::2]", input_size=size, size=2)
+    assert limited.sample_ids == ["f0", "f2"]
+    sets = (whole, even, odd, drawn, union, globbed, chained, limited)
+    assert len({dataset_content_hash(d) for d in sets}) == len(sets)
+    assert dataset_content_hash(odd) == dataset_content_hash(
+        build_dataset("camvid", root=root, split="val[1::2]", input_size=size)
+    )
+
+
+def test_synthetic_selections_generate_the_split_they_cut() -> None:
+    whole = build_dataset("synthetic", split="val", input_size=(16, 16), size=64)
+    odd = build_dataset("synthetic", split="val[1::2]", input_size=(16, 16))
+    parts = build_dataset("synthetic", split="val[0:2]+val[10:12]", input_size=(16, 16))
+    assert odd.sample_ids == whole.sample_ids[1::2]
+    assert parts.sample_ids == whole.sample_ids[0:2] + whole.sample_ids[10:12]
+    assert torch.equal(parts.raw(3)[0], whole.raw(11)[0])
+
+
+@pytest.mark.parametrize(
+    ("split", "message"),
+    [
+        ("val[::2]+val[0:1]", "selects image 'f0' twice"),
+        ("val+val[1:]", "twice"),
+        ("val[zz*]", "selects no images"),
+        ("val[::0]", "step 0"),
+        ("val[random=0]", "selects no images"),
+        ("val[random=9]", "at most random=4"),
+        ("val[::2", "not a selection"),
+        ("val[a=b]", "cannot read"),
+        ("val+", "not a selection"),
+        ("val[5:]", "has 4; use bounds within 0:4"),
+    ],
+)
+def test_bad_selections_are_one_clear_error(tmp_path: Path, split: str, message: str) -> None:
+    _write_camvid(tmp_path, "val", 4)
+    with pytest.raises(TrainingError, match=re.escape(message)):
+        build_dataset("camvid", root=str(tmp_path), split=split, input_size=(12, 16))
