@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from training.errors import TrainingError
 
+MAX_SELECTION_CHARS = 100  # the store's calibration-set and verification split columns
 _PART = re.compile(r"^(?P<base>[^\[\]+]+)(?P<ops>(\[[^\[\]]*\])*)$")
 _OP = re.compile(r"\[([^\[\]]*)\]")
 _SLICE = re.compile(r"^(?P<start>\d*):(?P<stop>\d*)(:(?P<step>\d*))?$")
@@ -218,6 +219,11 @@ def parse_selection(text: str) -> Selection:
     cleaned = text.strip()
     if not cleaned:
         raise TrainingError(f"split is empty; {_HELP}")
+    if len(cleaned) > MAX_SELECTION_CHARS:
+        raise TrainingError(
+            f"split {cleaned[:40]!r}... is {len(cleaned)} characters; the store keeps at most "
+            f"{MAX_SELECTION_CHARS}: use fewer parts (a glob or a stride instead of many slices)"
+        )
     parts = []
     for chunk in cleaned.split("+"):
         match = _PART.match(chunk.strip())

@@ -287,6 +287,7 @@ def test_synthetic_selections_generate_the_split_they_cut() -> None:
         ("val[a=b]", "cannot read"),
         ("val+", "not a selection"),
         ("val[5:]", "has 4; use bounds within 0:4"),
+        ("+".join(f"val[{i}:{i + 1}]" for i in range(4)) + "+val" * 30, "at most 100"),
     ],
 )
 def test_bad_selections_are_one_clear_error(tmp_path: Path, split: str, message: str) -> None:
