@@ -114,9 +114,9 @@ def _baseline(a: argparse.Namespace, run_id: int) -> tuple[dict[str, Any], dict[
     from db.session import open_store, session_scope
     from profiling.timing import TimingSettings
     from profiling.verify import measure_cascade
+    from training.cascade import build_cascade_module
     from training.checkpoint import load_checkpoint
     from training.data import build_dataset
-    from training.export import build_cascade_module
 
     engine = open_store(a.db)
     try:
@@ -195,9 +195,9 @@ def scale(a: argparse.Namespace) -> int:
 
     from db import repository
     from db.session import open_store, session_scope
-    from dse.cli._profile import _register_model
     from profiling.accuracy import profile_accuracy
     from profiling.latency import LatencySettings, profile_latency
+    from profiling.run import register_model
     from profiling.timing import TimingSettings
     from training.adapters import build_network
     from training.data import build_dataset
@@ -215,7 +215,7 @@ def scale(a: argparse.Namespace) -> int:
           f"{a.input_size}, {len(data)} {a.data} val images, {a.threads} threads")  # fmt: skip
     engine = open_store(a.db, create=True)
     try:
-        model_id, _ = _register_model(engine, network, f"{a.arch}-random", (h, w))
+        model_id, _ = register_model(engine, network, f"{a.arch}-random", (h, w))
         started = time.perf_counter()
         acc = profile_accuracy(engine, network, data, model_id=model_id)
         acc_s = time.perf_counter() - started

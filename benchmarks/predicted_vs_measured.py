@@ -1,7 +1,7 @@
 """Benchmark (not a test): how well does the search's latency prediction hold on this CPU?
 
 For every point of the first Pareto front of a stored search run, run the real early-exit network
-(training.export's pruned cascade) over the calibration images, image by image, and compare the
+(training.cascade.s pruned cascade) over the calibration images, image by image, and compare the
 measured mean latency with the predicted one. Target: median |error| <= 5%, every point within
 10% (nn-Meter's bar: 99% of models within +/-10% on a mobile CPU).
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,44 +35,45 @@ def main(argv: list[str] | None = None) -> int:
 
     from db import repository
     from db.session import open_store, session_scope
+    from profiling.deploy import candidate_cascade, candidate_network, read_candidate
+    from profiling.errors import ProfilingError
     from profiling.timing import TimingSettings
     from profiling.verify import Prediction, compare, measure_cascade
-    from training.checkpoint import load_checkpoint, weights_sha256
     from training.data import build_dataset
-    from training.export import build_cascade_module
 
     engine = open_store(args.db)
-    with session_scope(engine, readonly=True) as s:
-        run = repository.get_search_run(s, args.run)
-        front = repository.list_candidates(s, args.run, front=1)
-        model = repository.get_model(s, run.model_id)
-        profile = repository.get_accuracy_profile(s, run.accuracy_profile_id)
-        calib = repository.get_calibration_set(s, profile.calibration_set_id)
-    network, _ = load_checkpoint(args.checkpoint)
-    if weights_sha256(network) != model.weights_sha256:
-        print(f"error: {args.checkpoint} is not model {model.name} of run {args.run}",
-              file=sys.stderr)
+    try:
+        with session_scope(engine, readonly=True) as s:
+            front = repository.list_candidates(s, args.run, front=1)
+        stored = [read_candidate(engine, args.run, cand.index) for cand in front]
+    finally:
+        engine.dispose()
+    if not stored:
+        print("the run has no front points")
+        return 1
+    run, calib = stored[0].run, stored[0].calibration
+    try:
+        network = candidate_network(stored[0], Path(args.checkpoint))
+    except ProfilingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     threads = int(run.device_fingerprint.get("threads") or 1)
     torch.set_num_threads(threads)
-    h, w = (int(v) for v in run.input_shape[-2:])
     size = args.limit or calib.num_samples
     dataset = build_dataset(calib.dataset, root=args.data_root, split=calib.split,
-                            input_size=(h, w), size=size)
+                            input_size=stored[0].input_size, size=size)
     same = list(dataset.sample_ids) == list(calib.sample_ids)
-    edge_correction = bool(profile.settings.get("edge_correction", True))
 
     rows = []
-    for cand in front:
-        module = build_cascade_module(network, exits=cand.exits, th_pix=cand.th_pix,
-                                      th_img=cand.th_img, input_size=(h, w),
-                                      edge_correction=edge_correction)
+    for one in stored:
+        module = candidate_cascade(network, one)
         measured = measure_cascade(
             module, dataset, exit_ids=module.exit_ids, num_classes=network.num_classes,
             device=torch.device("cpu"), dataset_name=calib.dataset, split=calib.split,
             device_name=run.device_name, timing=TimingSettings(warmup=0, repeat=args.repeat),
         )
-        rows.append((cand, compare(Prediction.from_candidate(cand), measured, same_images=same)))
+        rows.append((one.candidate, compare(Prediction.from_candidate(one.candidate), measured,
+                                            same_images=same)))
 
     print(f"run {args.run} ({run.device_name}, {threads} thread(s)), {len(rows)} front points, "
           f"{dataset.__len__()} images{' (calibration set)' if same else ''}")
@@ -82,9 +84,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{cmp.measured.latency_ms:>9.3f} {cmp.latency_error * 100:>+7.1f}% "
               f"{cmp.predicted.miou * 100:>9.3f} {cmp.measured.miou * 100:>9.3f}")
     errors = [abs(cmp.latency_error) for _, cmp in rows]
-    if not errors:
-        print("the run has no front points")
-        return 1
     median, worst = statistics.median(errors), max(errors)
     within = sum(e <= 0.10 for e in errors)
     print(f"median |error| {median * 100:.1f}% (target <= 5%), max {worst * 100:.1f}%, "

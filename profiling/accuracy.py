@@ -25,6 +25,7 @@ from db.session import session_scope
 from profiling.counts import counts_from_keys, label_keys
 from profiling.errors import ProfilingError
 from profiling.histogram import confidence_edges, confidence_histograms, validate_edges
+from training.heads import FINAL_EXIT
 
 if TYPE_CHECKING:
     from training.network import MessNetwork
@@ -49,15 +50,13 @@ class AccuracySettings:
 
 
 def policy_settings(network: MessNetwork) -> dict:
-    """The network's own exit policy, stored with the profile: another policy, another profile.
+    """The network's exit policy (`ExitPolicy.as_settings`), stored with the profile: another
+    policy, another profile. `ExitPolicy.from_settings` reads it back.
 
     Batch and chunk sizes are left out: they change how the work is cut, not the numbers.
     """
-    decision = network.decision
     return {
-        "edge_correction": bool(decision.edge_correction),
-        "edge_width": int(decision.edge_width),
-        "window": int(decision.window),
+        **network.decision.policy.as_settings(),
         "confidence": "top1-softmax at native resolution",
         "counts": "at input resolution, bilinear upsampling",
         "torch": torch.__version__.split("+")[0],
@@ -68,10 +67,10 @@ def policy_confidence(network: MessNetwork, native_logits: torch.Tensor) -> torc
     """Corrected pixel confidence exactly as `network.decision` (hence the cascade) computes it."""
     from training.policy import confidence_map
 
-    decision = network.decision
+    policy = network.decision.policy
     return confidence_map(
-        native_logits, edge_correction=decision.edge_correction,
-        edge_width=decision.edge_width, window=decision.window,
+        native_logits, edge_correction=policy.edge_correction,
+        edge_width=policy.edge_width, window=policy.window,
     )
 
 
@@ -116,7 +115,7 @@ def _measure_batch(
     for exit_id in exit_ids:
         logits = native[exit_id]
         hist = confidence_histograms(policy_confidence(network, logits), edges)
-        pred = _argmax_classes(network.upsample(logits, size))
+        pred = _argmax_classes(network.upsample(logits, list(size)))
         out[exit_id] = (*counts_from_keys(keys, pred, num_classes=network.num_classes), hist)
     return out
 
@@ -176,7 +175,7 @@ def profile_accuracy(
     device = device or torch.device("cpu")
     check_compatible(network, dataset)
     network.eval().to(device)
-    exit_ids = (*(e.id for e in network.exits), "final")
+    exit_ids = (*(e.id for e in network.exits), FINAL_EXIT)
     edges = np.asarray(settings.edges, dtype=np.float64)
     total = len(dataset)
     with session_scope(engine) as s:

@@ -1,6 +1,6 @@
 """Closed loop: does the sum of component timings predict the real cascade?
 
-The search adds up stored component latencies. Here the deployed cascade (training.export's
+The search adds up stored component latencies. Here the deployed cascade (training.cascade's
 pruned `CascadeModule`, what `dse export` writes and `dse verify` times) runs end to end on a
 handful of forced paths (every image leaves at one kept exit, or none does and the final exit
 answers) and the measured time is compared with that sum. A deviation above 10% means the
@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 
-from profiling.timing import LatencyStats, TimingSettings, time_callable
+from profiling.backends import TimingBackend, TimingProtocol
+from profiling.timing import LatencyStats
+from training.cascade import build_cascade_module
+from training.heads import FINAL_EXIT
+from training.policy import ExitPolicy
 
 if TYPE_CHECKING:
     from training.network import MessNetwork
@@ -72,7 +75,7 @@ def path_components(network: MessNetwork, exits: tuple[str, ...], taken: str
     the upsampling of the answering exit's logits (only that one)."""
     index = {p.name: p.index for p in network.positions}
     specs = {s.id: s for s in network.exits}
-    if taken == "final":
+    if taken == FINAL_EXIT:
         segments = [p.name for p in network.positions] + ["tail"]
         run = list(exits)
     else:
@@ -81,8 +84,8 @@ def path_components(network: MessNetwork, exits: tuple[str, ...], taken: str
         run = list(exits[: exits.index(taken) + 1])
     parts = [("segment", name) for name in segments]
     parts += [(kind, e) for e in run for kind in ("head", "decision")]
-    if taken == "final":
-        parts.append(("final", "final"))
+    if taken == FINAL_EXIT:
+        parts.append(("final", FINAL_EXIT))
     parts.append(("upsample", taken))
     return parts
 
@@ -95,32 +98,31 @@ def predicted_ms(network: MessNetwork, means_ms: dict[tuple[str, str], float],
 
 def check_paths(
     network: MessNetwork, x: torch.Tensor, means_ms: dict[tuple[str, str], float], *,
-    settings: TimingSettings, paths: list[tuple[str, ...]],
-    progress: Callable[[int, str], None] | None = None,
+    paths: list[tuple[str, ...]], policy: ExitPolicy, backend: TimingBackend,
+    protocol: TimingProtocol, done: Callable[[PathCheck], None] | None = None,
 ) -> list[PathCheck]:
     """Time the deployed cascade on forced paths and compare with the summed component means.
 
     A path `(e,)` runs with th_pix tiny and th_img = 1: every pixel's top-1 probability is at
     least 1/C, so every image leaves at e. The empty path has no early exit (final answers).
+    The cascade decides with `policy`, the stored accuracy profile's, as export and verify do.
+    `done(check)` is called after each path (the latency pass commits it then).
     """
-    from training.export import build_cascade_module
-
     checks = []
     for exits in paths:
         module = build_cascade_module(
-            network, exits=[*exits, "final"], th_pix=[_FORCE_TH_PIX] * len(exits), th_img=1.0,
-            input_size=(int(x.shape[-2]), int(x.shape[-1])),
-            edge_correction=bool(network.decision.edge_correction),
+            network, exits=[*exits, FINAL_EXIT], th_pix=[_FORCE_TH_PIX] * len(exits), th_img=1.0,
+            input_size=(int(x.shape[-2]), int(x.shape[-1])), policy=policy,
         )
         with torch.inference_mode():
             _, exit_index = module(x)
         taken = module.exit_ids[int(exit_index[0])]
         assert bool((exit_index == exit_index[0]).all()), f"forced path {exits} split the batch"
-        stats = time_callable(partial(module, x), device=x.device, settings=settings)
+        stats = protocol.measure_call(backend.cascade_call(module, x), x.device)
         checks.append(PathCheck(exits=exits, taken=taken, measured=stats,
                                 predicted_ms=predicted_ms(network, means_ms, exits, taken)))
-        if progress:
-            progress(len(checks), checks[-1].name)
+        if done:
+            done(checks[-1])
     return checks
 
 

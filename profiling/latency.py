@@ -9,15 +9,17 @@ output, and the bilinear upsampling of every exit's (and the final head's) nativ
 input size, which the cascade pays for the exit an image leaves at. One row per component is
 committed as soon as it is measured, keyed by (model, device fingerprint, kind, name, input
 shape, batch, dtype), so an interrupted run continues and a re-run measures only what is missing.
-The closed-loop checks that follow are stored too, as rows of kind "path".
+The closed-loop checks that follow are stored too, one row of kind "path" each as it is done; a
+re-run that finds every component stored completes the checks that are missing.
+
+What runs the components and how samples are taken are injected (`profiling.backends`): torch
+eager and the in-sequence protocol by default.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,6 +28,14 @@ from sqlalchemy import Engine
 from db import repository
 from db.records import DeviceRecord
 from db.session import session_scope
+from profiling.backends import (
+    InSequence,
+    TimingBackend,
+    TimingProtocol,
+    TorchEager,
+    Workload,
+    time_chain,
+)
 from profiling.closed_loop import (
     WARN_DEVIATION,
     PathCheck,
@@ -35,22 +45,14 @@ from profiling.closed_loop import (
 )
 from profiling.device import device_fingerprint
 from profiling.errors import ProfilingError
-from profiling.timing import (
-    LatencyStats,
-    TimingSettings,
-    run_protocol,
-    synchronize,
-    time_callable,
-)
+from profiling.timing import LatencyStats, TimingSettings
+from training.heads import FINAL_EXIT
+from training.policy import ExitPolicy
 
 if TYPE_CHECKING:
     from training.network import MessNetwork
 
 ProgressFn = Callable[[int, int, str], None]  # (steps done, steps total, current step)
-
-# Threshold the decision is timed with: its cost does not depend on the value.
-_TIMING_TH_PIX = 0.9
-
 
 @dataclass(frozen=True, kw_only=True)
 class LatencySettings:
@@ -60,7 +62,9 @@ class LatencySettings:
     dtype: torch.dtype = torch.float32
     threads: int = 1
     timing: TimingSettings = field(default_factory=TimingSettings)
-    closed_loop: bool | None = None  # None: only when this run measured something
+    # None: every path after new component timings, else the paths not checked yet;
+    # True: every path; False: none.
+    closed_loop: bool | None = None
     max_paths: int = 4
 
     def __post_init__(self) -> None:
@@ -122,61 +126,14 @@ def check_input_size(network: MessNetwork, input_size: tuple[int, int], device: 
         ) from exc
 
 
-def component_runners(network: MessNetwork, x: torch.Tensor) -> dict[tuple[str, str], Callable[[], object]]:
-    """A zero-argument callable per (kind, name), each bound to its real input tensor (the
-    segments' are for timing one alone; `profile_latency` times them in sequence instead).
-
-    The decision is `network.decision` itself, the module the cascade calls; the upsampling is
-    `network.upsample`, the function both cascades call, on the exit's real native logits.
-    """
-    runners: dict[tuple[str, str], Callable[[], object]] = {}
-    features: dict[str, torch.Tensor] = {}
-    size = (int(x.shape[-2]), int(x.shape[-1]))
-    current = x
-    with torch.inference_mode():
-        for index, segment in enumerate(network.segments):
-            name = network.positions[index].name if index < len(network.positions) else "tail"
-            runners[("segment", name)] = partial(segment, current)
-            current = segment(current)
-            features[name] = current
-        if network.final_skip is None:
-            runners[("final", "final")] = partial(network.final_head, current)
-            final_logits = network.final_head(current)
-        else:  # LR-ASPP's final head also reads an earlier feature
-            final_in = {"low": features[network.final_skip], "high": current}
-            runners[("final", "final")] = partial(network.final_head, final_in)
-            final_logits = network.final_head(final_in)
-        runners[("upsample", "final")] = partial(network.upsample, final_logits, size)
-        for spec in network.exits:
-            feature = features[spec.position]
-            runners[("head", spec.id)] = partial(network.run_head, spec.id, feature)
-            logits = network.run_head(spec.id, feature)
-            runners[("decision", spec.id)] = partial(network.decision, logits, _TIMING_TH_PIX)
-            runners[("upsample", spec.id)] = partial(network.upsample, logits, size)
-    return runners
-
-
 def time_segments_in_sequence(network: MessNetwork, x: torch.Tensor, *, device: torch.device,
                               settings: TimingSettings) -> dict[str, LatencyStats]:
     """Per segment, samples taken inside whole backbone runs (image -> tail), as the cascade
-    runs them; warm-up, repeats and `min_time_s` as in `time_callable`, counted in whole runs."""
+    runs them (`profiling.backends.time_chain` on torch eager)."""
     names = [p.name for p in network.positions] + ["tail"]
-    samples: list[list[float]] = [[] for _ in names]
-
-    def run(record: bool) -> float:
-        feat, spent = x, 0.0
-        for i, segment in enumerate(network.segments):
-            start = time.perf_counter()
-            feat = segment(feat)
-            synchronize(device)
-            elapsed = time.perf_counter() - start
-            spent += elapsed
-            if record:
-                samples[i].append(elapsed * 1e3)
-        return spent
-
-    run_protocol(run, device=device, settings=settings)
-    return {name: LatencyStats.from_samples(s) for name, s in zip(names, samples, strict=True)}
+    workload = Workload(device=device, chain=tuple(zip(names, network.segments, strict=True)),
+                        chain_input=x)
+    return {name: stats for (_, name), stats in time_chain(workload, settings=settings).items()}
 
 
 def register_device(engine: Engine, name: str, fingerprint: dict) -> tuple[DeviceRecord, list[str]]:
@@ -207,9 +164,13 @@ def profile_latency(
     input_size: tuple[int, int],
     device: torch.device | None = None,
     settings: LatencySettings | None = None,
+    policy: ExitPolicy | None = None,
+    backend: TimingBackend | None = None,
+    protocol: TimingProtocol | None = None,
     progress: ProgressFn | None = None,
 ) -> LatencyResult:
-    """Time every candidate component not yet stored for this model, device and input shape.
+    """Time every candidate component not yet stored for this model, device and input shape,
+    then the closed-loop paths not yet checked.
 
     Args:
         engine: the store.
@@ -218,20 +179,27 @@ def profile_latency(
         device_name: the user's name for this machine (`jetson`, `laptop-cpu`).
         input_size: (H, W) of the profiled input.
         device: torch device to time on (CPU by default).
-        settings: batch, dtype, threads, timing effort.
-        progress: called with (done, total, component key) after each component.
+        settings: batch, dtype, threads, timing effort, closed loop.
+        policy: the exit policy the closed loop's cascades decide with (the accuracy
+            profile's; None: the network's own decision).
+        backend: the runtime that runs the components (torch eager by default).
+        protocol: how samples are taken (`InSequence(settings.timing)` by default).
+        progress: called with (done, total, component key) after each component and path.
 
     Raises:
         ProfilingError: an input size the network cannot take.
     """
     settings = settings or LatencySettings()
     device = device or torch.device("cpu")
+    backend = backend or TorchEager()
+    protocol = protocol or InSequence(settings.timing)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
         network.eval().to(device=device, dtype=settings.dtype)
         check_input_size(network, input_size, device, settings.dtype)
-        fingerprint = device_fingerprint(device, dtype=settings.dtype, threads=settings.threads)
+        fingerprint = {**device_fingerprint(device, dtype=settings.dtype, threads=settings.threads),
+                       **backend.fingerprint()}
         record, warnings = register_device(engine, device_name, fingerprint)
         shape = (settings.batch, 3, *input_size)
         with session_scope(engine) as s:
@@ -241,34 +209,30 @@ def profile_latency(
         costs = {(c.kind, c.name): c for c in network.components(input_size)}
         torch.manual_seed(0)
         x = torch.randn(*shape, device=device, dtype=settings.dtype)
-        runners = component_runners(network, x)
-        missing = [key for key in runners if key not in stored]
-        run_loop = settings.closed_loop if settings.closed_loop is not None else bool(missing)
-        head_gflops = {n: c.gflops for (k, n), c in costs.items() if k == "head"}
-        paths = choose_paths(network, head_gflops, max_paths=settings.max_paths) if run_loop else []
+        workload = backend.workload(network, x)
+        keys = workload.keys()
+        missing = [key for key in keys if key not in stored]
+        paths = _paths_to_check(network, costs, settings, stored, measured_now=bool(missing))
         total = len(missing) + len(paths)
         measured: list[str] = []
-        in_sequence = (time_segments_in_sequence(network, x, device=device, settings=settings.timing)
-                       if any(kind == "segment" for kind, _ in missing) else {})
-        for done, (kind, name) in enumerate(missing, start=1):
-            if kind == "segment":
-                stats = in_sequence[name]
-            else:
-                stats = time_callable(runners[(kind, name)], device=device,
-                                      settings=settings.timing)
-            _store(engine, model_id, record.id, kind, name, shape, settings, stats,
-                   costs[(kind, name)])
-            measured.append(component_key(kind, name))
-            if progress:
-                progress(done, total, component_key(kind, name))
-        def path_done(i: int, name: str) -> None:
-            if progress:
-                progress(len(missing) + i, total, f"path:{name}")
 
-        checks = _closed_loop(engine, network, x, model_id, record.id, shape, settings, paths,
-                              path_done)
-        for check in checks:
-            _store_path(engine, model_id, record.id, shape, settings, check, network, costs)
+        def component_done(key: tuple[str, str], stats: LatencyStats) -> None:
+            _store(engine, model_id, record.id, key[0], key[1], shape, settings, stats,
+                   costs[key])
+            measured.append(component_key(*key))
+            if progress:
+                progress(len(measured), total, component_key(*key))
+
+        if missing:
+            protocol.measure(workload, missing, component_done)
+        checks = _closed_loop(
+            engine, network, x, model_id=model_id, device_id=record.id, shape=shape,
+            settings=settings, paths=paths, costs=costs,
+            policy=policy if policy is not None else network.decision.policy,
+            backend=backend, protocol=protocol,
+            progress=(lambda i, name: progress(len(missing) + i, total, f"path:{name}"))
+            if progress else None,
+        )
         warnings += [
             f"the sum of component latencies is {abs(c.deviation):.0%} "
             f"{'below' if c.deviation > 0 else 'above'} the measured cascade on path {c.name} "
@@ -276,16 +240,34 @@ def profile_latency(
             "are off by as much on this device"
             for c in checks if abs(c.deviation) > WARN_DEVIATION
         ]
-        skipped = tuple(component_key(k, n) for k, n in runners if (k, n) in stored)
+        skipped = tuple(component_key(k, n) for k, n in keys if (k, n) in stored)
         return LatencyResult(device=record, measured=tuple(measured), skipped=skipped,
                              paths=tuple(checks), warnings=tuple(warnings))
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _closed_loop(engine: Engine, network: MessNetwork, x: torch.Tensor, model_id: int, device_id: int,
-                 shape: tuple[int, ...], settings: LatencySettings,
-                 paths: list[tuple[str, ...]], progress) -> list[PathCheck]:
+def _paths_to_check(network: MessNetwork, costs: dict, settings: LatencySettings,
+                    stored: set[tuple[str, str]], *, measured_now: bool) -> list[tuple[str, ...]]:
+    """The closed-loop paths this run checks: all of them after new component timings (the
+    sums they are compared with changed), else those without a stored check, so a pass killed
+    between the component timings and the checks completes them on its next run.
+    `settings.closed_loop` True checks every path, False none."""
+    if settings.closed_loop is False:
+        return []
+    head_gflops = {n: c.gflops for (k, n), c in costs.items() if k == "head"}
+    paths = choose_paths(network, head_gflops, max_paths=settings.max_paths)
+    if settings.closed_loop or measured_now:
+        return paths
+    return [p for p in paths if ("path", p[0] if p else FINAL_EXIT) not in stored]
+
+
+def _closed_loop(engine: Engine, network: MessNetwork, x: torch.Tensor, *, model_id: int,
+                 device_id: int, shape: tuple[int, ...], settings: LatencySettings,
+                 paths: list[tuple[str, ...]], costs: dict, policy: ExitPolicy,
+                 backend: TimingBackend, protocol: TimingProtocol,
+                 progress: Callable[[int, str], None] | None) -> list[PathCheck]:
+    """Check each path against the stored component means; commit each check as it is done."""
     if not paths:
         return []
     with session_scope(engine) as s:
@@ -293,8 +275,17 @@ def _closed_loop(engine: Engine, network: MessNetwork, x: torch.Tensor, model_id
                                        input_shape=shape, batch=settings.batch,
                                        dtype=settings.dtype_name)
     means = {(r.kind, r.name): r.mean_ms for r in rows}
-    return check_paths(network, x, means, settings=settings.timing, paths=paths,
-                       progress=progress)
+    checks: list[PathCheck] = []
+
+    def path_done(check: PathCheck) -> None:
+        _store_path(engine, model_id, device_id, shape, settings, check, network, costs)
+        checks.append(check)
+        if progress:
+            progress(len(checks), check.name)
+
+    check_paths(network, x, means, paths=paths, policy=policy, backend=backend,
+                protocol=protocol, done=path_done)
+    return checks
 
 
 def _store_path(engine: Engine, model_id: int, device_id: int, shape: tuple[int, ...],

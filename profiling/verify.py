@@ -2,7 +2,7 @@
 
 The search never runs the network: it reads mIoU and exit rates from the stored per-image counts
 and histograms, and latency from per-component timings. `dse verify` closes that loop: it runs the
-pruned early-exit network (training.export.build_cascade_module) image by image (batch 1, like
+pruned early-exit network (training.cascade.build_cascade_module) image by image (batch 1, like
 the latency profile), times each image end to end, accumulates per-class TP/FP/FN exactly as the
 accuracy profile does, and counts where each image left.
 
@@ -227,7 +227,7 @@ def compare(
 # image's latency; the latency profile also reports component means, so both sides use means.
 # The same rules as the profiler's (profiling.latency): `time_callable` (inference_mode, CUDA
 # synchronised per run), the device row's threads and dtype (set by the caller), warm-up runs
-# first, and the same deployed module as the profiler's closed loop (training.export's cascade).
+# first, and the same deployed module as the profiler's closed loop (training.cascade's module).
 DEFAULT_TIMING = TimingSettings(warmup=0, repeat=5)
 DEFAULT_WARMUP = 3
 
@@ -252,7 +252,7 @@ def measure_cascade(
 
     Args:
         module: returns ``(logits [1, C, H, W], exit_index [1])`` for one image, where
-            ``exit_ids[exit_index]`` is the exit the image left at (training.export's
+            ``exit_ids[exit_index]`` is the exit the image left at (training.cascade's
             CascadeModule); already on ``device`` and in ``dtype``, in eval mode.
         dataset: ``(image [3, H, W], label [H, W])`` samples, in order.
         exit_ids: the module's exits, early ones in order then the last one.

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.losses import pfd_loss, segmentation_ce
+from training.network import upsample as network_upsample
 
 if TYPE_CHECKING:
     from training.network import MessNetwork
@@ -26,9 +26,10 @@ FROZEN_BACKBONE_MODES = ("stage2", "ic-only")
 
 
 def upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """The network's upsampling, skipped for logits already at label size (nothing to resample)."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return network_upsample(logits, list(size))
 
 
 def head_module(network: MessNetwork, exit_id: str) -> nn.Module:

@@ -69,9 +69,14 @@ class CascadeResult:
     exit_ids: list[str]
 
 
-def upsample(logits: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear upsampling of native logits to the input size (torchvision's convention)."""
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+def upsample(logits: Tensor, size: list[int]) -> Tensor:
+    """Bilinear upsampling of native logits to the input size (torchvision's convention).
+
+    The one home of the exits' upsampling: training, the eager cascade, the profilers and the
+    deployed module (which TorchScript compiles, hence `size` as a list of ints) all call it.
+    """
+    return F.interpolate(logits, size=[int(size[0]), int(size[1])], mode="bilinear",
+                         align_corners=False)
 
 
 class MessNetwork(nn.Module):
@@ -160,7 +165,7 @@ class MessNetwork(nn.Module):
         return out
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        size = x.shape[-2:]
+        size = list(x.shape[-2:])
         return {k: upsample(v, size) for k, v in self.forward_native(x).items()}
 
     upsample = staticmethod(upsample)
@@ -180,7 +185,7 @@ class MessNetwork(nn.Module):
         """
         plan = self._plan(config.exits)
         th_img = check_threshold("th_img", config.th_img)
-        n, size = x.shape[0], x.shape[-2:]
+        n, size = x.shape[0], list(x.shape[-2:])
         out: Tensor | None = None
         taken = [FINAL_EXIT] * n
         active = torch.arange(n, device=x.device)
@@ -251,7 +256,7 @@ class MessNetwork(nn.Module):
         if FINAL_EXIT in exit_ids and exit_ids[-1] != FINAL_EXIT:
             raise TrainingError(f"{FINAL_EXIT!r} must be the last of the anytime exits, got {list(exit_ids)}")
         plan = self._plan(early)
-        size = x.shape[-2:]
+        size = list(x.shape[-2:])
         feat, skip, done = x, None, 0
         for exit_id, index in plan:
             feat, skip, done = self._advance(feat, skip, done, index + 1)
@@ -288,7 +293,7 @@ class BudgetedNetwork(nn.Module):
         self.final_skip_index = final_skip_index
 
     def forward(self, x: Tensor) -> Tensor:
-        size = x.shape[-2:]
+        size = list(x.shape[-2:])
         feat, skip = x, None
         for s, segment in enumerate(self.segments):
             feat = segment(feat)

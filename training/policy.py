@@ -10,6 +10,8 @@ median window of half-size 2 * stride input pixels is `window=2` here.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +104,49 @@ def image_confidence(conf_map: Tensor, th_pix: float) -> Tensor:
     return (conf_map >= th_pix).flatten(1).float().mean(dim=1)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExitPolicy:
+    """Everything the exit decision needs besides the thresholds: one value, stored with the
+    accuracy profile and read back by export, verify and the closed loop, so a deployed cascade
+    decides exactly as its profile was measured.
+
+    The fields are stored as flat keys of the profile's settings (`as_settings`), the keys
+    profiles have always had, so stores written before this type existed read back unchanged.
+    """
+
+    edge_correction: bool = True
+    edge_width: int = DEFAULT_EDGE_WIDTH
+    window: int = DEFAULT_WINDOW
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.edge_correction, bool):
+            raise ValueError(f"edge_correction: must be True or False, got {self.edge_correction!r}")
+        if self.edge_width < 0:
+            raise ValueError(f"edge_width: must be >= 0, got {self.edge_width}")
+        if self.window < 0:
+            raise ValueError(f"window: must be >= 0, got {self.window}")
+
+    def as_settings(self) -> dict[str, Any]:
+        """The keys stored with an accuracy profile (and in an export's metadata)."""
+        return {"edge_correction": self.edge_correction, "edge_width": int(self.edge_width),
+                "window": int(self.window)}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> ExitPolicy:
+        """Read back from stored settings; a key a store lacks takes the default it was
+        measured with (older profiles stored only `edge_correction`)."""
+        return cls(
+            edge_correction=bool(settings.get("edge_correction", True)),
+            edge_width=int(settings.get("edge_width", DEFAULT_EDGE_WIDTH)),
+            window=int(settings.get("window", DEFAULT_WINDOW)),
+        )
+
+    def decision(self) -> ExitDecision:
+        """The decision module that applies this policy."""
+        return ExitDecision(edge_correction=self.edge_correction, edge_width=self.edge_width,
+                            window=self.window)
+
+
 class ExitDecision(nn.Module):
     """Image confidence of an exit from its native logits (no parameters; timed on its own)."""
 
@@ -112,6 +157,12 @@ class ExitDecision(nn.Module):
         self.edge_correction = edge_correction
         self.edge_width = edge_width
         self.window = window
+
+    @property
+    def policy(self) -> ExitPolicy:
+        """The policy this module applies."""
+        return ExitPolicy(edge_correction=bool(self.edge_correction), edge_width=int(self.edge_width),
+                          window=int(self.window))
 
     def forward(self, native_logits: Tensor, th_pix: float = 0.9) -> Tensor:
         conf = confidence_map(

@@ -66,7 +66,7 @@ def _device_names(threads: int) -> tuple[tuple[str, int], ...]:
 
 
 def _train(plan: DemoPlan, checkpoint: Path) -> None:
-    from dse.cli._train import _RichProgress, _summary
+    from dse.cli._train import TrainBars, print_training
     from training.runner import TrainRequest, run_training
     from training.train import TrainConfig
 
@@ -78,9 +78,9 @@ def _train(plan: DemoPlan, checkpoint: Path) -> None:
         stage2_epochs=plan.stage2_epochs, train_size=plan.train_size, val_size=plan.val_size,
         resume=checkpoint.exists(),
     )
-    with _RichProgress(json_lines=False) as progress:
+    with TrainBars(json_lines=False) as progress:
         outcome = run_training(request, progress=progress)
-    _summary(outcome, json_output=False)
+    print_training(outcome, json_output=False)
 
 
 @app.command("demo")
@@ -97,11 +97,13 @@ def run_demo(plan: DemoPlan, *, out: Path, db: str) -> Path:
     import torch
 
     from db.session import open_store, parse_url, session_scope
-    from dse.cli._pareto import _print
-    from dse.cli._profile import profile_command
+    from dse.cli._pareto import print_run
+    from dse.cli._profile import ProfileBars, print_profile
     from dse.constraints import Constraints
     from dse.report import check_output_path, write_report
     from dse.run import SearchRequest, run_search
+    from profiling.run import ProfileRequest, run_profile
+    from profiling.timing import TimingSettings
 
     _check_out_dir(out)
     report_path = out / "report.html"
@@ -117,12 +119,15 @@ def run_demo(plan: DemoPlan, *, out: Path, db: str) -> Path:
     model_name = "demo-" + plan.arch
     for step, (name, n) in enumerate(devices):
         console.rule(f"2/4 profile: {'accuracy once, then ' if step == 0 else ''}latency on {name}")
-        profile_command(
-            checkpoint=checkpoint, device=name, data="synthetic", data_root=None, split="calib",
-            limit=plan.calib_size, input_size=None, accuracy=step == 0, latency=True,
-            compute="cpu", dtype="float32", threads=n, repeat=plan.repeat, min_time=0.0,
-            warmup=3, batch=1, batch_size=16, name=model_name, db=db, json_output=False,
+        request = ProfileRequest(
+            checkpoint=checkpoint, device=name, data="synthetic", split="calib",
+            limit=plan.calib_size, accuracy=step == 0, latency=True, compute="cpu",
+            dtype="float32", threads=n, timing=TimingSettings(warmup=3, repeat=plan.repeat),
+            batch=1, batch_size=16, name=model_name,
         )
+        with ProfileBars() as bars:
+            outcome = run_profile(db, request, progress=bars.advance)
+        print_profile(outcome, json_output=False)
 
     console.rule("3/4 search: exhaustive Pareto fronts per device")
     url = parse_url(db).render_as_string(hide_password=False)
@@ -130,10 +135,10 @@ def run_demo(plan: DemoPlan, *, out: Path, db: str) -> Path:
     run_ids = []
     try:
         for name, _ in devices:
-            request = SearchRequest(device=name, model=model_name, max_exits=plan.max_exits,
-                                    constraints=Constraints(max_drop_pp=1.0, target="speed"))
-            stored = run_search(engine, url, request)
-            _print(stored, json_output=False)
+            search = SearchRequest(device=name, model=model_name, max_exits=plan.max_exits,
+                                   constraints=Constraints(max_drop_pp=1.0, target="speed"))
+            stored = run_search(engine, url, search)
+            print_run(stored, json_output=False)
             run_ids.append(stored.run.id)
         console.rule("4/4 report")
         with session_scope(engine, readonly=True) as s:

@@ -92,12 +92,12 @@ def pareto_command(
                 written = write_report(s, [stored.run.id], report)
     finally:
         engine.dispose()
-    _print(stored, json_output)
+    print_run(stored, json_output)
     if report is not None and not json_output:
         console.print(f"report: {written}")
 
 
-def _print(stored, json_output: bool) -> None:  # type: ignore[no-untyped-def]
+def print_run(stored, json_output: bool) -> None:  # type: ignore[no-untyped-def]
     run = stored.run
     if json_output:
         for c in stored.candidates:

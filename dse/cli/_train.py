@@ -35,7 +35,7 @@ def _split_list(text: str | None) -> tuple[str, ...] | None:
     return items or None
 
 
-class _RichProgress:
+class TrainBars:
     """TrainProgress for humans: one bar per epoch with loss and ETA, a line per finished epoch."""
 
     def __init__(self, *, json_lines: bool) -> None:
@@ -55,7 +55,7 @@ class _RichProgress:
         self._loss_sum = 0.0
         self._count = 0
 
-    def __enter__(self) -> _RichProgress:
+    def __enter__(self) -> TrainBars:
         self.bar.start()
         return self
 
@@ -208,12 +208,12 @@ def train_command(
         )  # fmt: skip
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc
-    with _RichProgress(json_lines=json_output) as progress:
+    with TrainBars(json_lines=json_output) as progress:
         outcome = run_training(request, progress=progress)
-    _summary(outcome, json_output=json_output)
+    print_training(outcome, json_output=json_output)
 
 
-def _summary(outcome: Any, *, json_output: bool) -> None:
+def print_training(outcome: Any, *, json_output: bool) -> None:
     last = {mode: records[-1] for mode, records in outcome.history.items() if records}
     if json_output:
         typer.echo(

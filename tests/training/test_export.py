@@ -9,13 +9,9 @@ import pytest
 import torch
 
 from training.adapters import build_network, describe_positions
+from training.cascade import build_cascade_module
 from training.errors import TrainingError
-from training.export import (
-    build_cascade_module,
-    export_cascade,
-    load_state_dict_export,
-    script_cascade,
-)
+from training.export import export_cascade, load_state_dict_export, script_cascade
 from training.network import CascadeConfig
 from training.policy import ExitDecision, confidence_map
 

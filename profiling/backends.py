@@ -1,0 +1,188 @@
+"""Timing backends and timing protocols: what the latency pass runs, and how it takes samples.
+
+A latency measurement is (component, runtime, settings) -> samples. The latency pass
+(`profiling.latency.profile_latency`) never calls a network itself: a `TimingBackend` turns the
+network and one input into a `Workload` (the backbone segments as a chain, every other component
+as a zero-argument call bound to its real input, and the deployed cascade for the closed loop),
+and a `TimingProtocol` decides the order of runs and takes the samples. Torch eager
+(`TorchEager`) is the backend here; another runtime plugs in by implementing the same two
+methods. `InSequence` is today's protocol: the segments are timed inside whole backbone runs
+(each sees the caches the previous one left, as in the cascade), the other components one after
+the other, each with warm-up and repeats (`profiling.timing.run_protocol`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from profiling.timing import (
+    LatencyStats,
+    TimingSettings,
+    run_protocol,
+    synchronize,
+    time_callable,
+)
+
+if TYPE_CHECKING:
+    from training.network import MessNetwork
+
+Key = tuple[str, str]  # (component kind, name), as stored: ("segment", "layer2.1")
+Measured = Callable[[Key, LatencyStats], None]
+
+# Threshold the decision is timed with: its cost does not depend on the value.
+TIMING_TH_PIX = 0.9
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    """Everything a protocol times, bound to real inputs.
+
+    Attributes:
+        device: where the work runs (a protocol synchronizes it before reading the clock).
+        chain: the backbone segments in order, (name, step); step i takes step i-1's output,
+            step 0 takes `chain_input`. Timed in sequence.
+        chain_input: the image batch the chain starts from.
+        calls: every other component (head, decision, final, upsample) as a zero-argument
+            call on its real input, keyed by (kind, name).
+    """
+
+    device: torch.device
+    chain: tuple[tuple[str, Callable[[Any], Any]], ...]
+    chain_input: Any
+    calls: Mapping[Key, Callable[[], object]] = field(default_factory=dict)
+
+    def keys(self) -> list[Key]:
+        """Every component of the workload: segments first, in order, then the calls."""
+        return [("segment", name) for name, _ in self.chain] + list(self.calls)
+
+
+class TimingBackend(Protocol):
+    """A runtime that runs the network's components (torch eager, ONNX Runtime, ...)."""
+
+    @property
+    def runtime(self) -> str:
+        """Its name, e.g. "torch"."""
+        ...
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Keys this runtime adds to the device fingerprint (its name, version, settings), so
+        timings of different runtimes never mix."""
+        ...
+
+    def workload(self, network: MessNetwork, x: torch.Tensor) -> Workload:
+        """The network's components bound to the input `x` (already on its device)."""
+        ...
+
+    def cascade_call(self, module: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+        """One end-to-end run of a deployed cascade module on `x` (the closed loop times it)."""
+        ...
+
+
+class TimingProtocol(Protocol):
+    """How samples are taken: order of runs, warm-up, repeats."""
+
+    def measure(self, workload: Workload, keys: Sequence[Key], done: Measured) -> None:
+        """Take samples for each of `keys` (a subset of `workload.keys()`), calling `done(key,
+        stats)` as soon as a component's samples are complete (the latency pass commits each
+        one then, so an interrupted pass resumes where it stopped)."""
+        ...
+
+    def measure_call(self, call: Callable[[], object], device: torch.device) -> LatencyStats:
+        """Samples of one call on its own (a closed-loop path)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TorchEager:
+    """Torch eager execution of the network's own modules (what training and verify run).
+
+    It adds nothing to the device fingerprint: the fingerprint already names the torch
+    version, and stores profiled before backends existed keep their device rows.
+    """
+
+    runtime: str = "torch"
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {}
+
+    def workload(self, network: MessNetwork, x: torch.Tensor) -> Workload:
+        """The decision is `network.decision` itself, the module the cascade calls; the
+        upsampling is `network.upsample`, the function both cascades call, on the exit's real
+        native logits."""
+        calls: dict[Key, Callable[[], object]] = {}
+        features: dict[str, torch.Tensor] = {}
+        size = [int(x.shape[-2]), int(x.shape[-1])]
+        names = [p.name for p in network.positions] + ["tail"]
+        current = x
+        with torch.inference_mode():
+            for name, segment in zip(names, network.segments, strict=True):
+                current = segment(current)
+                features[name] = current
+            if network.final_skip is None:
+                final_in: Any = current
+            else:  # LR-ASPP's final head also reads an earlier feature
+                final_in = {"low": features[network.final_skip], "high": current}
+            calls[("final", "final")] = partial(network.final_head, final_in)
+            final_logits = network.final_head(final_in)
+            calls[("upsample", "final")] = partial(network.upsample, final_logits, size)
+            for spec in network.exits:
+                feature = features[spec.position]
+                calls[("head", spec.id)] = partial(network.run_head, spec.id, feature)
+                logits = network.run_head(spec.id, feature)
+                calls[("decision", spec.id)] = partial(network.decision, logits, TIMING_TH_PIX)
+                calls[("upsample", spec.id)] = partial(network.upsample, logits, size)
+        chain = tuple(zip(names, network.segments, strict=True))
+        return Workload(device=x.device, chain=chain, chain_input=x, calls=calls)
+
+    def cascade_call(self, module: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+        return partial(module, x)
+
+
+@dataclass(frozen=True)
+class InSequence:
+    """Segments timed inside whole backbone runs; every other component alone, one after the
+    other. Warm-up, repeats and `min_time_s` as in `profiling.timing.run_protocol`."""
+
+    settings: TimingSettings = field(default_factory=TimingSettings)
+
+    def measure(self, workload: Workload, keys: Sequence[Key], done: Measured) -> None:
+        chained = (time_chain(workload, settings=self.settings)
+                   if any(kind == "segment" for kind, _ in keys) else {})
+        for key in keys:
+            if key[0] == "segment":
+                done(key, chained[key])
+            else:
+                done(key, time_callable(workload.calls[key], device=workload.device,
+                                        settings=self.settings))
+
+    def measure_call(self, call: Callable[[], object], device: torch.device) -> LatencyStats:
+        return time_callable(call, device=device, settings=self.settings)
+
+
+def time_chain(workload: Workload, *, settings: TimingSettings) -> dict[Key, LatencyStats]:
+    """Per segment, samples taken inside whole chain runs (image -> tail), as the cascade runs
+    them; warm-up, repeats and `min_time_s` as in `time_callable`, counted in whole runs."""
+    samples: list[list[float]] = [[] for _ in workload.chain]
+    device = workload.device
+
+    def run(record: bool) -> float:
+        feat, spent = workload.chain_input, 0.0
+        for i, (_, step) in enumerate(workload.chain):
+            start = time.perf_counter()
+            feat = step(feat)
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            spent += elapsed
+            if record:
+                samples[i].append(elapsed * 1e3)
+        return spent
+
+    run_protocol(run, device=device, settings=settings)
+    return {("segment", name): LatencyStats.from_samples(s)
+            for (name, _), s in zip(workload.chain, samples, strict=True)}

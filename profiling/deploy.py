@@ -1,0 +1,280 @@
+"""A stored candidate as a runnable cascade: `dse export` and `dse verify` as library calls.
+
+One resolver (`read_candidate` + `candidate_network` + `candidate_cascade`) takes a search run's
+candidate from the store to the pruned `training.cascade.CascadeModule`, deciding with the exit
+policy stored with the run's accuracy profile. Export, verify and the benchmarks use it; the
+latency pass's closed loop builds its forced paths with the same builder and the same stored
+policy, so all three run the cascade the profile measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from sqlalchemy import Engine
+
+from db import repository
+from db.records import CalibrationSetRecord, CandidateRecord, ModelRecord, SearchRunRecord
+from db.session import open_store, session_scope
+from profiling.device import DTYPES, device_fingerprint, resolve_device
+from profiling.errors import ProfilingError
+from profiling.timing import TimingSettings
+from profiling.verify import Comparison, Prediction, compare, measure_cascade
+from training.cascade import CascadeModule, build_cascade_module
+from training.checkpoint import load_checkpoint, weights_sha256
+from training.policy import ExitPolicy
+
+if TYPE_CHECKING:
+    from training.network import MessNetwork
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredCandidate:
+    """A searched configuration as the store holds it, with what deploying it needs."""
+
+    run: SearchRunRecord
+    candidate: CandidateRecord
+    model: ModelRecord
+    calibration: CalibrationSetRecord
+    policy: ExitPolicy
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return int(self.run.input_shape[-2]), int(self.run.input_shape[-1])
+
+    def metadata(self) -> dict[str, Any]:
+        """The configuration and its provenance, written beside an export."""
+        cand, run, model = self.candidate, self.run, self.model
+        return {
+            "run": run.id, "candidate": cand.index, "model": model.name, "arch": model.arch,
+            "weights_sha256": model.weights_sha256, "device": run.device_name,
+            "mode": run.mode, "exits": list(cand.exits), "th_pix": list(cand.th_pix),
+            "th_img": cand.th_img, "edge_correction": self.policy.edge_correction,
+            "policy": self.policy.as_settings(),
+            "predicted": {"miou": cand.miou, "latency_ms": cand.latency_ms,
+                          "latency_p95_ms": cand.latency_p95_ms, "gflops": cand.gflops,
+                          "exit_rates": dict(cand.exit_rates)},
+        }
+
+
+def read_candidate(engine: Engine, run_id: int, index: int) -> StoredCandidate:
+    """Run, candidate, model, calibration set and exit policy of one stored candidate.
+
+    Raises:
+        StorageError: an unknown run or candidate (naming `dse pareto`).
+    """
+    with session_scope(engine, readonly=True) as s:
+        run = repository.get_search_run(s, run_id)
+        candidate = repository.get_candidate(s, run_id, index)
+        model = repository.get_model(s, run.model_id)
+        profile = repository.get_accuracy_profile(s, run.accuracy_profile_id)
+        calibration = repository.get_calibration_set(s, profile.calibration_set_id)
+    return StoredCandidate(run=run, candidate=candidate, model=model, calibration=calibration,
+                           policy=ExitPolicy.from_settings(dict(profile.settings)))
+
+
+def candidate_network(stored: StoredCandidate, checkpoint: Path | None) -> MessNetwork:
+    """Load the checkpoint the run was searched on, checking its weights.
+
+    Raises:
+        ProfilingError: no checkpoint given, a missing file, or other weights.
+    """
+    model, run_id = stored.model, stored.run.id
+    if checkpoint is None:
+        # The model table keeps the weights hash, not a file path: the user names the file.
+        raise ProfilingError(
+            f"give --checkpoint PATH: the file of model '{model.name}' "
+            f"(weights {model.weights_sha256[:12]}) that run {run_id} was searched on"
+        )
+    if not checkpoint.is_file():
+        raise ProfilingError(f"checkpoint {checkpoint} does not exist; give the file `dse train` wrote")
+    network, _meta = load_checkpoint(checkpoint)
+    sha = weights_sha256(network)
+    if sha != model.weights_sha256:
+        raise ProfilingError(
+            f"{checkpoint} holds weights {sha[:12]}, but run {run_id} was searched on model "
+            f"'{model.name}' ({model.weights_sha256[:12]}); give that model's checkpoint"
+        )
+    return network
+
+
+def candidate_cascade(network: MessNetwork, stored: StoredCandidate) -> CascadeModule:
+    """The pruned cascade of a stored candidate, deciding with its profile's exit policy."""
+    cand = stored.candidate
+    return build_cascade_module(network.eval(), exits=cand.exits, th_pix=cand.th_pix,
+                                th_img=cand.th_img, input_size=stored.input_size,
+                                policy=stored.policy)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportRequest:
+    """Everything `dse export` asks for."""
+
+    run: int
+    candidate: int
+    checkpoint: Path | None
+    fmt: str
+    out: Path | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOutcome:
+    files: tuple[Path, ...]
+    exits: tuple[str, ...]
+
+
+def run_export(db: str, request: ExportRequest) -> ExportOutcome:
+    """Write a stored candidate as a deployable early-exit model (nothing half-written).
+
+    Raises:
+        ProfilingError, TrainingError: a bad format or output, a wrong checkpoint, a failed
+            export. StorageError: the store or the run.
+    """
+    from training.export import FORMATS, export_cascade
+
+    if request.fmt not in FORMATS:
+        raise ProfilingError(f"unknown --format {request.fmt!r}; use one of {', '.join(FORMATS)}")
+    if request.out is None:
+        raise ProfilingError("give --out PATH: where to write the exported model")
+    if request.out.exists():
+        raise ProfilingError(f"{request.out} already exists; choose another --out or remove it")
+    if request.fmt == "onnx":
+        from training._onnx_export import check_onnx_available
+
+        check_onnx_available()
+    stored = _read(db, request.run, request.candidate)
+    network = candidate_network(stored, request.checkpoint)
+    module = candidate_cascade(network, stored)
+    example = torch.zeros(1, 3, *stored.input_size)
+    written = export_cascade(module, fmt=request.fmt, out=request.out,
+                             metadata=stored.metadata(), example=example)
+    return ExportOutcome(files=tuple(written), exits=tuple(stored.candidate.exits))
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyRequest:
+    """Everything `dse verify` asks for (data None: the run's calibration set)."""
+
+    run: int
+    candidate: int
+    checkpoint: Path | None
+    data: str | None = None
+    data_root: Path | None = None
+    split: str | None = None
+    limit: int | None = None
+    repeat: int = 5
+    force: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyOutcome:
+    comparison: Comparison
+    warnings: tuple[str, ...]
+
+
+def run_verify(db: str, request: VerifyRequest, *,
+               progress: Callable[[int, int], None] | None = None) -> VerifyOutcome:
+    """Run a stored candidate's cascade on this machine, compare with its prediction, store it.
+
+    Raises:
+        ProfilingError: another machine than the run's (unless `force`), unreadable data, a
+            wrong checkpoint. StorageError: the store or the run.
+    """
+    stored = _read(db, request.run, request.candidate)
+    network = candidate_network(stored, request.checkpoint)
+    fingerprint = dict(stored.run.device_fingerprint)
+    device = resolve_device(str(fingerprint.get("compute", "cpu")))
+    dtype = DTYPES.get(str(fingerprint.get("dtype", "float32")), torch.float32)
+    threads = int(fingerprint.get("threads") or 1)
+    here = device_fingerprint(device, dtype=dtype, threads=threads)
+    warnings = _check_device(fingerprint, here, device_name=stored.run.device_name,
+                             force=request.force)
+    dataset, same = _dataset(stored, request)
+    module = candidate_cascade(network, stored).to(device=device, dtype=dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        measured = measure_cascade(
+            module, dataset, exit_ids=module.exit_ids, num_classes=int(network.num_classes),
+            device=device, dtype=dtype, dataset_name=dataset.name, split=dataset.split,
+            device_name=stored.run.device_name,
+            timing=TimingSettings(warmup=0, repeat=request.repeat), progress=progress,
+        )
+    finally:
+        torch.set_num_threads(previous)
+    result = compare(Prediction.from_candidate(stored.candidate), measured, same_images=same)
+    engine = open_store(db)
+    try:
+        with session_scope(engine) as s:
+            repository.add_verification(
+                s, run_id=stored.run.id, candidate_index=stored.candidate.index,
+                device_id=stored.run.device_id, dataset=result.measured.dataset,
+                split=result.measured.split, predicted=result.predicted.to_dict(),
+                measured={**result.measured.to_dict(), "same_images": result.same_images,
+                          "miou_ok": result.miou_ok, "exits_ok": result.exits_ok,
+                          "latency_ok": result.latency_ok},
+            )
+    finally:
+        engine.dispose()
+    return VerifyOutcome(comparison=result, warnings=tuple(warnings))
+
+
+def _read(db: str, run_id: int, index: int) -> StoredCandidate:
+    engine = open_store(db)
+    try:
+        return read_candidate(engine, run_id, index)
+    finally:
+        engine.dispose()
+
+
+def _check_device(fingerprint: dict[str, Any], here: dict[str, Any], *, device_name: str,
+                  force: bool) -> list[str]:
+    """Refuse to compare latencies measured on another machine (unless forced)."""
+    differs = sorted(k for k in set(fingerprint) | set(here)
+                     if fingerprint.get(k) != here.get(k))
+    if differs and not force:
+        raise ProfilingError(
+            f"this machine is not device '{device_name}' of the run (differs in: "
+            f"{', '.join(differs)}); run `dse profile --device NAME` here and search again, "
+            "or pass --force"
+        )
+    if differs:
+        return [f"--force: this machine differs from '{device_name}' in {', '.join(differs)}; "
+                "the latency comparison is meaningless"]
+    return []
+
+
+def _dataset(stored: StoredCandidate, request: VerifyRequest) -> tuple[Any, bool]:
+    """The split to run and whether it is exactly the calibration set of the prediction."""
+    from training.data import build_dataset
+    from training.errors import TrainingError
+
+    calib = stored.calibration
+    name = request.data or calib.dataset
+    split = request.split or (calib.split if name == calib.dataset else "val")
+    same_source = name == calib.dataset and split == calib.split
+    limit = request.limit
+    size = limit if limit is not None else (calib.num_samples if same_source else None)
+    root = str(request.data_root) if request.data_root is not None else None
+    try:
+        dataset = build_dataset(name, root=root, split=split, input_size=stored.input_size,
+                                size=size)
+    except (ValueError, TrainingError) as exc:
+        raise ProfilingError(f"cannot read --data {name} --split {split}: {exc}") from exc
+    same = same_source and list(dataset.sample_ids) == list(calib.sample_ids)
+    if same_source and not same and limit is None:
+        raise ProfilingError(
+            f"{name}/{split} here does not hold the {calib.num_samples} calibration images the "
+            "run was profiled on; check --data-root"
+        )
+    return dataset, same
