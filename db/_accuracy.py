@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from db._common import aware, insert_or_get, plain_json, sha256_json
 from db.arrays import from_bytes, to_bytes
+from db.counts import miou_from_counts, pixel_accuracy_from_counts
 from db.errors import StorageError
 from db.models import AccuracyChunk, AccuracyProfile, AccuracySummary, CalibrationSet, Model
 from db.records import AccuracyArrays, AccuracyProfileRecord, ExitArrays, ExitSummary
@@ -230,14 +231,11 @@ def summarise(arrays: AccuracyArrays) -> dict[str, ExitSummary]:
     centres = (arrays.edges[:-1] + arrays.edges[1:]) / 2
     for i, exit_id in enumerate(arrays.exit_ids):
         tp, fp, fn = (a[i].sum(axis=0) for a in (arrays.tp, arrays.fp, arrays.fn))
-        union = tp + fp + fn
-        miou = float((tp[union > 0] / union[union > 0]).mean()) if (union > 0).any() else 0.0
-        labelled = tp.sum() + fn.sum()
         hist = arrays.hist[i].sum(axis=0)
         conf = float((hist * centres).sum() / hist.sum()) if hist.sum() else 0.0
         out[exit_id] = ExitSummary(
-            miou=miou,
-            pixel_accuracy=float(tp.sum() / labelled) if labelled else 0.0,
+            miou=miou_from_counts(tp, fp, fn),
+            pixel_accuracy=pixel_accuracy_from_counts(tp, fn),
             mean_confidence=min(max(conf, 0.0), 1.0),
         )
     return out

@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
-# Components the search adds up, plus "path": a closed-loop check, the real cascade timed end to
+# The final exit's id in the store (exit rows, candidates, path checks); training.heads.FINAL_EXIT
+# is the same name on the network's side (training imports nothing of ours; a test ties them).
+FINAL_EXIT = "final"
+# Components the search adds up (training.flops.COMPONENT_KINDS on the network's side), plus "path": a closed-loop check, the real cascade timed end to
 # end on one forced path (name: the exit every image took, or "final"), stored with the sum of
 # component means it was compared with (`predicted_ms`).
 COMPONENT_KINDS = ("segment", "head", "decision", "final", "upsample")

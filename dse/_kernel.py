@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from db.counts import miou_from_union
 from dse.evaluate import Evaluator
 from dse.pareto import OBJECTIVES, ParetoArchive, dominated_by_front, top_fronts
 from dse.space import SearchSpace
@@ -174,10 +175,7 @@ class _UnitState:
     def evaluate(self, out: np.ndarray, prefix: np.ndarray, cols: np.ndarray) -> None:
         c, s = self.k.num_classes, self.k.num_samples
         tp, union = out[..., :c], out[..., c: 2 * c]
-        # unions are whole pixel counts: max(union, 1) divides exactly where union > 0 and
-        # gives 0 / 1 where a class is absent, with no masked division
-        iou_sum = (tp / np.maximum(union, 1)).sum(axis=-1)
-        values = {"miou": (iou_sum / np.maximum(np.count_nonzero(union, axis=-1), 1)).ravel()}
+        values = {"miou": miou_from_union(tp, union).ravel()}
         every = self.collected is not None
         if every or "latency" in self.names or self.bounds.max_latency_ms is not None:
             values["latency"] = out[..., 2 * c + 1].ravel() / s

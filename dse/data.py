@@ -19,9 +19,9 @@ from types import MappingProxyType
 
 import numpy as np
 
+from db.records import FINAL_EXIT
 from dse.errors import DseError
 
-FINAL_EXIT = "final"
 TAIL_SEGMENT = "tail"
 
 

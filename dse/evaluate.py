@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from db.counts import miou_from_union
 from dse.data import FINAL_EXIT, AccuracyData, CostData
 from dse.errors import DseError
 from dse.space import Configuration
@@ -43,15 +44,6 @@ class Evaluation:
         """Exit id -> share of images answered there."""
         total = self.exit_counts[-1] if self.config.mode == "anytime" else sum(self.exit_counts)
         return {e: n / total for e, n in zip(self.config.all_exits, self.exit_counts, strict=True)}
-
-
-def miou_from_counts(tp: np.ndarray, union: np.ndarray) -> np.ndarray:
-    """Mean IoU over the classes present (union > 0); last axis is the class axis."""
-    present = union > 0
-    iou = np.divide(tp, union, out=np.zeros(np.broadcast_shapes(tp.shape, union.shape)),
-                    where=present)
-    n = present.sum(axis=-1)
-    return np.where(n > 0, iou.sum(axis=-1) / np.maximum(n, 1), 0.0)
 
 
 class Evaluator:
@@ -137,7 +129,7 @@ class Evaluator:
                             self.final_gflops + (check_gf[-1] if rows else 0))
         per_image_ms = slot_ms[route]
         return Evaluation(
-            config=config, miou=float(miou_from_counts(tp, union)),
+            config=config, miou=float(miou_from_union(tp, union)),
             latency_ms=float(per_image_ms.mean()),
             latency_p95_ms=float(np.percentile(per_image_ms, 95)),
             gflops=float(slot_gf[route].mean()),
@@ -152,7 +144,7 @@ class Evaluator:
             (row,) = self.indices(config.exits)
             ms = float(self.leave_ms[row] + self.head_ms[row])
             gf = float(self.leave_gflops[row] + self.head_gflops[row])
-        miou = miou_from_counts(self.data.tp[row].sum(axis=0), self.union[row].sum(axis=0))
+        miou = miou_from_union(self.data.tp[row].sum(axis=0), self.union[row].sum(axis=0))
         return Evaluation(config=config, miou=float(miou), latency_ms=ms, latency_p95_ms=ms,
                           gflops=gf, exit_counts=(self.data.num_samples,))
 
@@ -165,7 +157,7 @@ class Evaluator:
         heads_ms = float(out_ms[rows].sum()) if rows else 0.0
         heads_gf = float((self.head_gflops + self.up_gflops)[rows].sum()) if rows else 0.0
         outputs_ms.append(self.final_ms + heads_ms)
-        miou = miou_from_counts(self.data.tp[final].sum(axis=0), self.union[final].sum(axis=0))
+        miou = miou_from_union(self.data.tp[final].sum(axis=0), self.union[final].sum(axis=0))
         s = self.data.num_samples
         return Evaluation(config=config, miou=float(miou), latency_ms=outputs_ms[-1],
                           latency_p95_ms=outputs_ms[-1], gflops=self.final_gflops + heads_gf,

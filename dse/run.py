@@ -14,7 +14,14 @@ from sqlalchemy.orm import Session
 
 from db import repository as repo
 from db.errors import StorageError
-from db.records import CandidateInput, CandidateRecord, DeviceRecord, ModelRecord, SearchRunRecord
+from db.records import (
+    FINAL_EXIT,
+    CandidateInput,
+    CandidateRecord,
+    DeviceRecord,
+    ModelRecord,
+    SearchRunRecord,
+)
 from db.session import session_scope
 from dse.constraints import Constraints, pick
 from dse.data import accuracy_from_records, cost_from_records
@@ -118,7 +125,7 @@ def load_problem(s: Session, *, device: str, model: str | None) -> Problem:
     positions = list(mod.architecture.get("positions", []))
     exits = repo.list_exits(s, mod.id)
     if not positions:
-        positions = sorted({e.position for e in exits if e.exit_id != "final"},
+        positions = sorted({e.position for e in exits if e.exit_id != FINAL_EXIT},
                            key=lambda p: next(e.position_index for e in exits if e.position == p))
     data = accuracy_from_records(repo.load_accuracy(s, profiles[0].id), exits, positions)
     cost = cost_from_records(latency, positions)

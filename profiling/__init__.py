@@ -28,7 +28,7 @@ _EXPORTS = {
     "run_export": "profiling.deploy",
     "run_verify": "profiling.deploy",
     "class_counts": "profiling.counts",
-    "miou_from_counts": "profiling.counts",
+    "miou_from_counts": "db.counts",
     "device_fingerprint": "profiling.device",
     "resolve_device": "profiling.device",
     "resolve_dtype": "profiling.device",

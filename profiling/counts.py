@@ -1,12 +1,11 @@
 """Per-image, per-class true positives, false positives and false negatives.
 
 Summed over any subset of images (the images that a configuration routes to one exit) these
-give the exact mIoU of that routing, which is what the search needs.
+give the exact mIoU of that routing (`db.counts`), which is what the search needs.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from profiling.errors import ProfilingError
@@ -75,23 +74,3 @@ def class_counts(
                          f"and {tuple(target.shape)}")
     keys = label_keys(target.to(pred.device), num_classes=num_classes, ignore_index=ignore_index)
     return counts_from_keys(keys, pred, num_classes=num_classes)
-
-
-def miou_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
-    """mIoU of counts summed over every leading axis; classes never seen nor predicted are left out.
-
-    Returns 0.0 when no class has any pixel (an empty selection).
-    """
-    tp_c = np.asarray(tp).reshape(-1, np.shape(tp)[-1]).sum(axis=0)
-    union = tp_c + np.asarray(fp).reshape(-1, np.shape(fp)[-1]).sum(axis=0)
-    union = union + np.asarray(fn).reshape(-1, np.shape(fn)[-1]).sum(axis=0)
-    present = union > 0
-    if not present.any():
-        return 0.0
-    return float(np.mean(tp_c[present] / union[present]))
-
-
-def pixel_accuracy_from_counts(tp: np.ndarray, fn: np.ndarray) -> float:
-    """Share of labelled pixels predicted right; 0.0 when nothing is labelled."""
-    labelled = int(np.asarray(tp).sum() + np.asarray(fn).sum())
-    return float(np.asarray(tp).sum() / labelled) if labelled else 0.0

@@ -46,6 +46,7 @@ from profiling.closed_loop import (
 from profiling.device import device_fingerprint
 from profiling.errors import ProfilingError
 from profiling.timing import LatencyStats, TimingSettings
+from training.flops import network_components
 from training.heads import FINAL_EXIT
 from training.policy import ExitPolicy
 
@@ -206,7 +207,7 @@ def profile_latency(
             stored = {(r.kind, r.name) for r in repository.load_latency(
                 s, model_id=model_id, device_id=record.id, input_shape=shape)
                 if r.batch == settings.batch and r.dtype == settings.dtype_name}
-        costs = {(c.kind, c.name): c for c in network.components(input_size)}
+        costs = {(c.kind, c.name): c for c in network_components(network, input_size)}
         torch.manual_seed(0)
         x = torch.randn(*shape, device=device, dtype=settings.dtype)
         workload = backend.workload(network, x)

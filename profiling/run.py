@@ -29,11 +29,11 @@ from profiling.errors import ProfilingError
 from profiling.latency import LatencyResult, LatencySettings, check_input_size, profile_latency
 from profiling.timing import TimingSettings
 from training.checkpoint import describe_network, load_checkpoint, weights_sha256
+from training.flops import Component, network_components
 from training.heads import FINAL_EXIT
 from training.policy import ExitPolicy
 
 if TYPE_CHECKING:
-    from training.flops import Component
     from training.network import MessNetwork
 
 # (pass, done, total or None while unknown, current step): "accuracy" counts images,
@@ -124,7 +124,7 @@ class ProfileOutcome:
 def register_model(engine: Engine, network: MessNetwork, name: str, input_size: tuple[int, int]
                    ) -> tuple[int, dict[tuple[str, str], Component]]:
     """Model and exit rows (head GFLOPs/params at this input shape); returns id and costs."""
-    costs = {(c.kind, c.name): c for c in network.components(input_size)}
+    costs = {(c.kind, c.name): c for c in network_components(network, input_size)}
     shape = (1, 3, *input_size)
     exits = [
         ExitInput(exit_id=e.id, position=e.position, position_index=network.position_of(e.id).index,

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from profiling.counts import class_counts, miou_from_counts
+from db.counts import miou_from_counts
+from profiling.counts import class_counts
 from profiling.errors import ProfilingError
 from profiling.timing import LatencyStats, TimingSettings, time_callable
 

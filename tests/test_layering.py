@@ -81,3 +81,49 @@ def test_cli_imports_heavy_packages_lazily() -> None:
         if imported & (HEAVY | {"training", "profiling"}):
             bad.append(str(path.relative_to(ROOT)))
     assert not bad, bad
+
+
+def _our_imports(path: Path) -> set[str]:
+    """Every module of ours a file imports, lazily or not (annotation-only imports included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] in OURS)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] in OURS:
+                found.add(node.module)  # `from training import _folders` names a module too
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def test_no_import_circles() -> None:
+    """A module never reaches itself through imports (lazy ones count: a circle is a circle)."""
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for package in sorted(OURS) for p in _files(package)
+    }
+    graph = {name: {m for m in _our_imports(path) if m in modules and m != name}
+             for name, path in modules.items()}
+    # package faces (__init__ re-exporting their modules) are not circles of logic
+    faces = {name for name, path in modules.items() if path.name == "__init__.py"}
+    circles = []
+    for start in sorted(graph):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node] - faces:
+                if nxt == start:
+                    circles.append(" -> ".join([*trail, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+    assert not circles, circles
+
+
+def test_the_network_and_the_store_name_exits_and_components_alike() -> None:
+    """training and db import nothing of ours, so each keeps the shared vocabulary; they agree."""
+    from db import records
+    from training import flops, heads
+
+    assert heads.FINAL_EXIT == records.FINAL_EXIT
+    assert flops.COMPONENT_KINDS == records.COMPONENT_KINDS

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.data import IGNORE_INDEX, SegmentationDataset, resize_pair
+from training._dataset import IGNORE_INDEX, SegmentationDataset, resize_pair
 from training.errors import TrainingError
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from training.data import SegmentationDataset, _mix_seed
+from training._dataset import SegmentationDataset, _mix_seed
 
 CLASS_NAMES = ("sky", "ground", "disc", "square", "stripes", "specks")
 _COLOURS = torch.tensor(

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from training.heads import FINAL_EXIT, module_key, num_params
-
-if TYPE_CHECKING:
-    from training.network import MessNetwork
+from training.network import MessNetwork, upsample
 
 COMPONENT_KINDS = ("segment", "head", "decision", "final", "upsample")
 TAIL = "tail"
@@ -117,7 +115,7 @@ def _components(network: MessNetwork, input_size: tuple[int, int]) -> list[Compo
     feat = tail_segment(feat)
     out.append(_component("segment", TAIL, TAIL, feat, h, gflops, tail_segment))
     skip = features.get(network.final_skip) if network.final_skip else None
-    gflops, final_logits = _count(network._final, feat, skip)
+    gflops, final_logits = _count(network.final_logits, feat, skip)
     out.append(_component("final", FINAL_EXIT, TAIL, feat, h, gflops, network.final_head))
     out.append(_upsample(FINAL_EXIT, TAIL, final_logits, input_size))
     # same head on the same feature shape: same cost and logits shape, counted once
@@ -139,9 +137,7 @@ def _components(network: MessNetwork, input_size: tuple[int, int]) -> list[Compo
 
 def _upsample(name: str, position: str, logits: Tensor, input_size: tuple[int, int]) -> Component:
     """The bilinear upsampling of native logits to the input size (no parameters)."""
-    from training.network import upsample
-
-    gflops = count_gflops(upsample, logits, input_size)
+    gflops = count_gflops(upsample, logits, list(input_size))
     return Component(kind="upsample", name=name, position=position, channels=int(logits.shape[1]),
                      stride=max(1, round(input_size[0] / logits.shape[-2])), gflops=gflops, params=0)
 

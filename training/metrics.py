@@ -1,8 +1,7 @@
 """Segmentation metrics built on torch.bincount, honouring an ignore index.
 
-``ConfusionMatrix`` accumulates over batches (torchvision's reference-scripts shape);
-``per_image_counts`` gives the per-image, per-class TP/FP/FN that profiling stores, from which the
-mIoU of any routing of images to exits is exact.
+``ConfusionMatrix`` accumulates over batches (torchvision's reference-scripts shape) for training
+and validation. The per-image counts that profiling stores are `profiling.counts.class_counts`.
 """
 
 from __future__ import annotations
@@ -34,39 +33,6 @@ def confusion_matrix(
         raise ValueError(f"prediction has a class outside 0..{num_classes - 1}")
     flat = target * num_classes + pred
     return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
-def per_image_counts(
-    pred: torch.Tensor, target: torch.Tensor, num_classes: int, *, ignore_index: int = IGNORE_INDEX
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image true positives, false positives, false negatives: three int64 [N, C].
-
-    ``pred`` and ``target`` are [N, H, W] class maps. One bincount for the whole batch (the image
-    index is folded into the bin), so this stays fast for profiling.
-    """
-    if pred.shape != target.shape or pred.dim() != 3:
-        raise ValueError("pred and target must both be [N, H, W]")
-    n = pred.shape[0]
-    keep = target != ignore_index
-    image_index = torch.arange(n, device=pred.device).view(n, 1, 1).expand_as(target)[keep]
-    p, t = pred[keep].long(), target[keep].long()
-    flat = (image_index * num_classes + t) * num_classes + p
-    cm = torch.bincount(flat, minlength=n * num_classes * num_classes).view(
-        n, num_classes, num_classes
-    )
-    tp = cm.diagonal(dim1=1, dim2=2)
-    fn = cm.sum(dim=2) - tp
-    fp = cm.sum(dim=1) - tp
-    return tp.contiguous(), fp.contiguous(), fn.contiguous()
-
-
-def miou_from_counts(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> float:
-    """Mean IoU over classes present in prediction or ground truth (others are left out), in [0, 1]."""
-    union = (tp + fp + fn).double()
-    present = union > 0
-    if not bool(present.any()):
-        return 0.0
-    return float((tp.double()[present] / union[present]).mean())
 
 
 @dataclass(frozen=True, kw_only=True)

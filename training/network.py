@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +26,6 @@ from training.heads import (
     module_key,
 )
 from training.policy import ExitDecision, check_threshold
-
-if TYPE_CHECKING:
-    from training.flops import Component
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,7 +148,7 @@ class MessNetwork(nn.Module):
             feat = segment(feat)
             features[pos.name] = feat
         tail = self.segments[-1](feat)
-        return features, self._final(tail, features.get(self.final_skip) if self.final_skip else None)
+        return features, self.final_logits(tail, features.get(self.final_skip) if self.final_skip else None)
 
     def run_head(self, exit_id: str, feature: Tensor) -> Tensor:
         """Native logits of one exit from the feature at its position."""
@@ -170,7 +166,9 @@ class MessNetwork(nn.Module):
 
     upsample = staticmethod(upsample)
 
-    def _final(self, tail: Tensor, skip: Tensor | None) -> Tensor:
+    def final_logits(self, tail: Tensor, skip: Tensor | None) -> Tensor:
+        """The final head's native logits from the tail output (and, for LR-ASPP, the skip
+        feature at `final_skip`)."""
         if self.final_skip is None:
             return self.final_head(tail)
         return self.final_head({"low": skip, "high": tail})  # LR-ASPP reads two features
@@ -213,7 +211,7 @@ class MessNetwork(nn.Module):
             skip = skip[keep] if skip is not None else None
         if active.numel() > 0:
             feat, skip, done = self._advance(feat, skip, done, len(self.positions) + 1)
-            out = self._answer(out, active, upsample(self._final(feat, skip), size), n)
+            out = self._answer(out, active, upsample(self.final_logits(feat, skip), size), n)
         assert out is not None
         return CascadeResult(logits=out, exit_ids=taken)
 
@@ -263,7 +261,7 @@ class MessNetwork(nn.Module):
             yield exit_id, upsample(self.heads[module_key(exit_id)](feat), size)
         if FINAL_EXIT in exit_ids:
             feat, skip, done = self._advance(feat, skip, done, len(self.positions) + 1)
-            yield FINAL_EXIT, upsample(self._final(feat, skip), size)
+            yield FINAL_EXIT, upsample(self.final_logits(feat, skip), size)
 
     def budgeted(self, exit_id: str) -> nn.Module:
         """A static network truncated at one exit (no final head), sharing this one's modules."""
@@ -274,14 +272,6 @@ class MessNetwork(nn.Module):
 
     def _skip_index(self) -> int | None:
         return None if self.final_skip is None else self._index[self.final_skip]
-
-    # ----------------------------------------------------------------- costs
-    def components(self, input_size: tuple[int, int]) -> list[Component]:
-        """FLOPs and parameters of every segment, head, decision and the final head."""
-        from training.flops import network_components
-
-        return network_components(self, input_size)
-
 
 class BudgetedNetwork(nn.Module):
     """Segments up to one exit then its head: logits at input size."""

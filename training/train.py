@@ -31,6 +31,7 @@ from training._stages import (
 from training.checkpoint import save_checkpoint
 from training.data import SegmentationDataset, class_weights
 from training.errors import TrainingError
+from training.heads import FINAL_EXIT
 from training.metrics import ConfusionMatrix
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def evaluate_exits(
 ) -> dict[str, float]:
     """Validation mIoU (0-1) per exit id and for ``final``, one backbone pass per batch."""
     ids = [e.id for e in network.exits] if exit_ids is None else list(exit_ids)
-    matrices = {e: ConfusionMatrix(network.num_classes) for e in [*ids, "final"]}
+    matrices = {e: ConfusionMatrix(network.num_classes) for e in [*ids, FINAL_EXIT]}
     was_training = network.training
     network.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -153,7 +154,7 @@ def evaluate_exits(
             images, labels = images.to(device), labels.to(device)
             size = (labels.shape[-2], labels.shape[-1])
             features, final_native = network.backbone_features(images)
-            matrices["final"].update(upsample(final_native, size).argmax(1), labels)
+            matrices[FINAL_EXIT].update(upsample(final_native, size).argmax(1), labels)
             for exit_id in ids:
                 logits = network.run_head(exit_id, features[position_of(exit_id)])
                 matrices[exit_id].update(upsample(logits, size).argmax(1), labels)
@@ -303,7 +304,7 @@ def train_network(
                 device=config.device,
             )  # fmt: skip
             if config.mode == "final-only":
-                val = {"final": val["final"]}
+                val = {FINAL_EXIT: val[FINAL_EXIT]}
         seconds = time.perf_counter() - started
         spent_s += seconds
         record = EpochRecord(

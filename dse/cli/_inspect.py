@@ -42,13 +42,14 @@ def inspect_command(
 ) -> None:
     """Show the candidate exits of ARCH and the GFLOPs/parameters of every component."""
     from training.adapters import build_network
+    from training.flops import network_components
 
     size = parse_input_size(input_size, minimum=16, square_ok=True)
     with err_console.status(f"costing {arch} at {size[0]}x{size[1]}..."):
         network = build_network(
             arch, num_classes=num_classes, head_space=_split(heads), positions=_split(positions), device="meta"
         )
-        components = network.components(size)
+        components = network_components(network, size)
     if json_output:
         for component in components:
             typer.echo(json.dumps(component.as_dict()))

@@ -16,6 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from db.records import FINAL_EXIT
 from dse.cli._app import JsonOption, app, console, err_console, parse_input_size
 from dse.errors import DseError
 
@@ -77,8 +78,8 @@ class TrainBars:
         if self.json_lines:
             typer.echo(json.dumps(_record_json(record), sort_keys=True))
             return
-        final = record.val_miou.get("final")
-        early = [v for k, v in record.val_miou.items() if k != "final"]
+        final = record.val_miou.get(FINAL_EXIT)
+        early = [v for k, v in record.val_miou.items() if k != FINAL_EXIT]
         parts = [f"{record.mode} epoch {record.epoch}", f"loss {record.train_loss:.4f}"]
         if final is not None:
             parts.append(f"val mIoU final {100 * final:.1f}")

@@ -11,6 +11,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from db.records import FINAL_EXIT
 from dse.report._cross import CrossDeviceData
 from dse.report._data import (
     ExitRateData,
@@ -39,8 +40,8 @@ _STYLE = {
 def exit_colors(exit_ids: list[str] | tuple[str, ...]) -> dict[str, str]:
     """One colour per exit, by backbone order, so an exit looks the same in every figure."""
     colors = {e: PALETTE[k % len(PALETTE)] for k, e in enumerate(x for x in exit_ids
-                                                                  if x != "final")}
-    colors["final"] = "#495057"
+                                                                  if x != FINAL_EXIT)}
+    colors[FINAL_EXIT] = "#495057"
     return colors
 
 

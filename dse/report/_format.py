@@ -11,9 +11,7 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from db.records import CandidateRecord, SearchRunRecord
-
-FINAL_EXIT = "final"  # the contract's id of the final exit (training.heads.FINAL_EXIT)
+from db.records import FINAL_EXIT, CandidateRecord, SearchRunRecord
 
 
 def esc(value: object) -> str:

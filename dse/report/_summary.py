@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from db.records import CandidateRecord, SearchRunRecord
+from db.records import FINAL_EXIT, CandidateRecord, SearchRunRecord
 from dse.report._format import baseline_value
 
 COSTS = ("latency_ms", "gflops")
@@ -73,7 +73,7 @@ def summary_rows(run: SearchRunRecord, candidates: Sequence[CandidateRecord], *,
         label="baseline: final exit only", candidate=None, miou=base_miou,
         latency_ms=baseline_value(run, "latency_ms"),
         latency_p95_ms=baseline_value(run, "latency_p95_ms"),
-        gflops=baseline_value(run, "gflops"), exits=("final",), delta_pp=0.0,
+        gflops=baseline_value(run, "gflops"), exits=(FINAL_EXIT,), delta_pp=0.0,
         speedup=1.0 if base_cost else None,
     )
     rows = [base]

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from db.records import CandidateRecord, SearchRunRecord, VerificationRecord
+from db.records import FINAL_EXIT, CandidateRecord, SearchRunRecord, VerificationRecord
 from dse.report._cross import CrossDeviceData
 from dse.report._data import chosen_candidate, front_one
 from dse.report._format import baseline_value, esc, exit_chain, ms, pct, thresholds
@@ -62,7 +62,7 @@ def front_table(run: SearchRunRecord, candidates: Sequence[CandidateRecord]) -> 
     for c in front_one(candidates):
         delta = 100.0 * (c.miou - base_miou) if base_miou is not None else None
         speed = base_ms / c.latency_ms if base_ms and c.latency_ms > 0 else None
-        final_share = c.exit_rates.get("final")
+        final_share = c.exit_rates.get(FINAL_EXIT)
         rows.append([
             (f"{c.index} (chosen)" if c.index == chosen else str(c.index), str(c.index)),
             (str(len(c.exits) - 1), str(len(c.exits) - 1)),

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from profiling.counts import class_counts, miou_from_counts, pixel_accuracy_from_counts
+from db.counts import miou_from_counts, pixel_accuracy_from_counts
+from profiling.counts import class_counts
 from profiling.errors import ProfilingError
 
 
@@ -55,3 +56,24 @@ def test_miou_skips_absent_classes() -> None:
     assert miou_from_counts(tp, fp, fn) == pytest.approx((0.5 + 0.0) / 2)
     assert miou_from_counts(tp * 0, fp * 0, fn * 0) == 0.0
     assert pixel_accuracy_from_counts(tp, fn) == pytest.approx(2 / 3)
+
+
+def test_class_counts_match_the_training_confusion_matrix() -> None:
+    from training.metrics import ConfusionMatrix
+
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (5, 6, 7), generator=gen)
+    target[0, 0, :3] = 255
+    pred = torch.randint(0, 4, (5, 6, 7), generator=gen)
+    tp, fp, fn = class_counts(pred, target, num_classes=4)
+    assert tp.shape == (5, 4)
+    for i in range(5):
+        cm = ConfusionMatrix(4)
+        cm.update(pred[i : i + 1], target[i : i + 1])
+        assert tp[i].tolist() == cm.matrix.diagonal().tolist()
+        assert fn[i].tolist() == (cm.matrix.sum(1) - cm.matrix.diagonal()).tolist()
+        assert fp[i].tolist() == (cm.matrix.sum(0) - cm.matrix.diagonal()).tolist()
+    whole = ConfusionMatrix(4)
+    whole.update(pred, target)
+    assert miou_from_counts(tp.numpy(), fp.numpy(), fn.numpy()) == pytest.approx(
+        whole.compute().miou)

@@ -11,6 +11,7 @@ from profiling.closed_loop import choose_paths, predicted_ms
 from profiling.errors import ProfilingError
 from profiling.latency import LatencySettings, profile_latency
 from profiling.timing import TimingSettings
+from training.flops import network_components
 
 FAST = LatencySettings(timing=TimingSettings(warmup=1, repeat=3), max_paths=2)
 
@@ -33,7 +34,7 @@ def test_every_component_is_timed_once_with_its_flops(engine, tiny_network, mode
     paths = [r for r in rows if r.kind == "path"]
     rows = [r for r in rows if r.kind != "path"]
     assert {(r.kind, r.name) for r in rows} == expected
-    costs = {(c.kind, c.name): c for c in tiny_network.components((32, 32))}
+    costs = {(c.kind, c.name): c for c in network_components(tiny_network, (32, 32))}
     for r in rows:
         assert r.input_shape == (1, 3, 32, 32) and r.batch == 1 and r.dtype == "float32"
         assert r.n == 3 and len(r.samples_ms) == 3 and r.min_ms <= r.p50_ms <= r.max_ms

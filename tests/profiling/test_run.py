@@ -12,6 +12,7 @@ from db.session import open_store, session_scope
 from profiling.closed_loop import choose_paths
 from profiling.run import ProfileRequest, run_profile
 from profiling.timing import TimingSettings
+from training.flops import network_components
 from training.policy import ExitPolicy
 
 SIZE = (32, 32)
@@ -63,7 +64,7 @@ def _expected_paths(checkpoint) -> list[str]:
     from training.checkpoint import load_checkpoint
 
     network, _ = load_checkpoint(checkpoint)
-    heads = {c.name: c.gflops for c in network.components(SIZE) if c.kind == "head"}
+    heads = {c.name: c.gflops for c in network_components(network, SIZE) if c.kind == "head"}
     return sorted(p[0] if p else "final" for p in choose_paths(network, heads))
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from profiling.counts import class_counts, miou_from_counts
+from db.counts import miou_from_counts
+from profiling.counts import class_counts
 from profiling.errors import ProfilingError
 from profiling.timing import TimingSettings
 from profiling.verify import (

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from training.adapters import build_network
-from training.flops import Component, count_gflops
+from training.flops import Component, count_gflops, network_components
 from training.heads import FINAL_EXIT, num_params
 
 HEADS = ["nocrm-b0-fcn", "crm16-b2-rdi-deeplabv3"]
@@ -17,7 +17,7 @@ def net():
 
 
 def test_components_cover_every_part(net) -> None:
-    comps = net.components((64, 64))
+    comps = network_components(net, (64, 64))
     kinds = [c.kind for c in comps]
     assert kinds.count("segment") == len(net.positions) + 1
     assert kinds.count("head") == kinds.count("decision") == len(net.exits)
@@ -32,7 +32,7 @@ def test_components_cover_every_part(net) -> None:
 
 
 def test_full_network_flops_equal_the_sum_of_its_components(net) -> None:
-    comps = net.components((64, 64))
+    comps = network_components(net, (64, 64))
     x = torch.zeros(1, 3, 64, 64)
     backbone_and_final = sum(c.gflops for c in comps if c.kind in ("segment", "final"))
     with torch.no_grad():
@@ -49,14 +49,14 @@ def test_full_network_flops_equal_the_sum_of_its_components(net) -> None:
 
 def test_parameters_add_up_and_mode_is_restored(net) -> None:
     net.train()
-    comps = net.components((32, 32))
+    comps = network_components(net, (32, 32))
     assert net.training
     assert sum(c.params for c in comps) == num_params(net)
 
 
 def test_flops_scale_with_input_area(net) -> None:
-    small = {c.name: c.gflops for c in net.components((32, 32)) if c.kind == "segment"}
-    large = {c.name: c.gflops for c in net.components((64, 64)) if c.kind == "segment"}
+    small = {c.name: c.gflops for c in network_components(net, (32, 32)) if c.kind == "segment"}
+    large = {c.name: c.gflops for c in network_components(net, (64, 64)) if c.kind == "segment"}
     assert large["features.3"] == pytest.approx(4 * small["features.3"], rel=1e-6)
 
 
@@ -71,7 +71,7 @@ def test_deeplabv3_resnet50_segments_and_final_equal_torchvision_at_512() -> Non
     from torchvision.models.segmentation import deeplabv3_resnet50
 
     mess = build_network("deeplabv3_resnet50", num_classes=21, head_space=["crm64-b0-fcn"], device="meta")
-    comps = mess.components((512, 512))
+    comps = network_components(mess, (512, 512))
     total = sum(c.gflops for c in comps if c.kind in ("segment", "final"))
     with torch.device("meta"):
         reference = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21, aux_loss=False).eval()

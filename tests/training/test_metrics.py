@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from training.data import IGNORE_INDEX
-from training.metrics import ConfusionMatrix, miou_from_counts, per_image_counts
+from training.metrics import ConfusionMatrix
 
 
 def test_confusion_matrix_by_hand() -> None:
@@ -31,24 +31,6 @@ def test_update_accepts_logits_and_accumulates() -> None:
     cm.update(logits, target)
     assert cm.matrix.tolist() == [[0, 2], [0, 6]]
     assert cm.compute().miou == pytest.approx((0 + 6 / 8) / 2)
-
-
-def test_per_image_counts_match_confusion_matrix() -> None:
-    gen = torch.Generator().manual_seed(0)
-    target = torch.randint(0, 4, (5, 6, 7), generator=gen)
-    target[0, 0, :3] = IGNORE_INDEX
-    pred = torch.randint(0, 4, (5, 6, 7), generator=gen)
-    tp, fp, fn = per_image_counts(pred, target, 4)
-    assert tp.shape == (5, 4)
-    for i in range(5):
-        cm = ConfusionMatrix(4)
-        cm.update(pred[i : i + 1], target[i : i + 1])
-        assert tp[i].tolist() == cm.matrix.diagonal().tolist()
-        assert fn[i].tolist() == (cm.matrix.sum(1) - cm.matrix.diagonal()).tolist()
-        assert fp[i].tolist() == (cm.matrix.sum(0) - cm.matrix.diagonal()).tolist()
-    whole = ConfusionMatrix(4)
-    whole.update(pred, target)
-    assert miou_from_counts(tp.sum(0), fp.sum(0), fn.sum(0)) == pytest.approx(whole.compute().miou)
 
 
 def test_out_of_range_classes_are_refused() -> None:
