@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from dse._kernel import Bounds
+from dse.constraints import Bounds
 from dse.evaluate import Evaluator
 from dse.exhaustive import ExhaustiveSearcher
 from dse.optuna_search import OptunaSearcher

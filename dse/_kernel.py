@@ -21,23 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from db.counts import miou_from_union
+from dse.constraints import Bounds
 from dse.evaluate import Evaluator
 from dse.pareto import OBJECTIVES, ParetoArchive, dominated_by_front, top_fronts
 from dse.space import SearchSpace
 
 _POOL_ROWS = 512  # prefixes pooled per final-level GEMM (bounded memory, better BLAS efficiency)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Bounds:
-    """Resolved constraints on the objectives (None: unconstrained)."""
-
-    min_miou: float | None = None
-    max_latency_ms: float | None = None
-    max_gflops: float | None = None
-
-    def names(self) -> list[str]:
-        return [n for n in ("min_miou", "max_latency_ms", "max_gflops") if getattr(self, n) is not None]
 
 
 @dataclass

@@ -10,12 +10,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dse._kernel import Bounds
 from dse.errors import DseError
 from dse.evaluate import Evaluation
 
 TARGETS = ("accuracy", "speed")
 SPEED_DEFAULT_DROP_PP = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bounds:
+    """Resolved constraints on the objectives (None: unconstrained)."""
+
+    min_miou: float | None = None
+    max_latency_ms: float | None = None
+    max_gflops: float | None = None
+
+    def names(self) -> list[str]:
+        return [n for n in ("min_miou", "max_latency_ms", "max_gflops") if getattr(self, n) is not None]
 
 
 class NoFeasibleError(DseError):

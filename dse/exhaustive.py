@@ -13,8 +13,8 @@ import itertools
 import numpy as np
 from joblib import Parallel, delayed
 
-from dse._kernel import Bounds, CascadeKernel, UnitResult
-from dse.constraints import explain_empty
+from dse._kernel import CascadeKernel, UnitResult
+from dse.constraints import Bounds, explain_empty
 from dse.data import FINAL_EXIT
 from dse.evaluate import Evaluation, Evaluator
 from dse.pareto import ParetoArchive

@@ -14,8 +14,7 @@ from typing import Any
 
 import optuna
 
-from dse._kernel import Bounds
-from dse.constraints import explain_empty
+from dse.constraints import Bounds, explain_empty
 from dse.errors import DseError
 from dse.evaluate import Evaluation, Evaluator
 from dse.search import Progress, SearchResult, feasible, rank

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from dse._kernel import Bounds
+from dse.constraints import Bounds
 from dse.evaluate import Evaluation, Evaluator
 from dse.pareto import nondominated_sort, objective_matrix
 from dse.space import SearchSpace

@@ -89,10 +89,10 @@ def _our_imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] in OURS)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module.split(".")[0] in OURS:
-                found.add(node.module)  # `from training import _folders` names a module too
-                found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif (isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+              and node.module.split(".")[0] in OURS):
+            found.add(node.module)  # `from training import _folders` names a module too
+            found.update(f"{node.module}.{a.name}" for a in node.names)
     return found
 
 

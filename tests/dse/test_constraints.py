@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dse._kernel import Bounds
-from dse.constraints import Constraints, explain_empty, pick
+from dse.constraints import Bounds, Constraints, explain_empty, pick
 from dse.evaluate import Evaluator
 from dse.synthetic import random_accuracy, random_costs
 

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dse._kernel import Bounds, CascadeKernel
+from dse._kernel import CascadeKernel
+from dse.constraints import Bounds
 from dse.data import AccuracyData, cost_from_records
 from dse.errors import DseError
 from dse.evaluate import Evaluator

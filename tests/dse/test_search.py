@@ -7,8 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from dse._kernel import Bounds
-from dse.constraints import NoFeasibleError
+from dse.constraints import Bounds, NoFeasibleError
 from dse.evaluate import Evaluator
 from dse.exhaustive import ExhaustiveSearcher
 from dse.optuna_search import OptunaSearcher
