@@ -122,6 +122,7 @@ class ExportRequest:
     checkpoint: Path | None
     fmt: str
     out: Path | None
+    compute: str = "cpu"  # where the module is built, scripted or traced
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,10 +150,11 @@ def run_export(db: str, request: ExportRequest) -> ExportOutcome:
         from training._onnx_export import check_onnx_available
 
         check_onnx_available()
+    device = resolve_device(request.compute)
     stored = _read(db, request.run, request.candidate)
     network = candidate_network(stored, request.checkpoint)
-    module = candidate_cascade(network, stored)
-    example = torch.zeros(1, 3, *stored.input_size)
+    module = candidate_cascade(network, stored).to(device)
+    example = torch.zeros(1, 3, *stored.input_size, device=device)
     written = export_cascade(module, fmt=request.fmt, out=request.out,
                              metadata=stored.metadata(), example=example)
     return ExportOutcome(files=tuple(written), exits=tuple(stored.candidate.exits))
@@ -174,6 +176,7 @@ class VerifyRequest:
     limit: int | None = None
     repeat: int = 5
     force: bool = False
+    compute: str | None = None  # None: the run's device kind (its fingerprint's "compute")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,7 +196,7 @@ def run_verify(db: str, request: VerifyRequest, *,
     stored = _read(db, request.run, request.candidate)
     network = candidate_network(stored, request.checkpoint)
     fingerprint = dict(stored.run.device_fingerprint)
-    device = resolve_device(str(fingerprint.get("compute", "cpu")))
+    device = resolve_device(request.compute or str(fingerprint.get("compute", "cpu")))
     dtype = DTYPES.get(str(fingerprint.get("dtype", "float32")), torch.float32)
     threads = int(fingerprint.get("threads") or 1)
     here = device_fingerprint(device, dtype=dtype, threads=threads)

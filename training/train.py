@@ -239,7 +239,7 @@ def train_network(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("--device cuda asked but torch sees no CUDA device; use --device cpu")
+        raise TrainingError("--compute cuda asked but torch sees no CUDA device; use --compute cpu")
     if len(train_set) == 0:
         raise TrainingError("the training set is empty")
     if train_set.num_classes != network.num_classes:

@@ -29,6 +29,11 @@ DbOption = Annotated[
     typer.Option("--db", envvar="DSE_DB", help="Store URL (SQLAlchemy) or SQLite file path."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+# The torch device a command computes on, the same word on every command ("--device" names a
+# machine in `dse profile` and `dse pareto`).
+ComputeOption = Annotated[
+    str, typer.Option("--compute", help="Torch device to compute on: cpu or cuda[:N].")
+]
 
 
 def parse_input_size(text: str, *, minimum: int = 1, square_ok: bool = False) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from dse.cli._app import DEFAULT_DB, DbOption, app, console, err_console
+from dse.cli._app import DEFAULT_DB, ComputeOption, DbOption, app, console, err_console
 from dse.errors import DseError
 
 
@@ -43,6 +43,7 @@ class DemoPlan:
     max_exits: int = 2
     repeat: int = 20
     seed: int = 0
+    compute: str = "cpu"
 
 
 def _check_out_dir(out: Path) -> None:
@@ -57,8 +58,11 @@ def _check_out_dir(out: Path) -> None:
                        f"choose another --out") from exc
 
 
-def _device_names(threads: int) -> tuple[tuple[str, int], ...]:
-    """Honest names: this CPU with all its threads, and the same CPU pinned to one thread."""
+def _device_names(threads: int, compute: str = "cpu") -> tuple[tuple[str, int], ...]:
+    """Honest names: this CPU with all its threads, and the same CPU pinned to one thread (on a
+    GPU, the GPU alone)."""
+    if compute != "cpu":
+        return ((f"this-{compute.replace(':', '')}", threads),)
     names = [(f"this-cpu-{threads}threads", threads)]
     if threads > 1:
         names.append(("this-cpu-1thread", 1))
@@ -71,7 +75,8 @@ def _train(plan: DemoPlan, checkpoint: Path) -> None:
     from training.train import TrainConfig
 
     base = TrainConfig(mode="stage1", epochs=plan.epochs, batch_size=plan.batch_size,
-                       optimizer=plan.optimizer, lr=plan.lr, seed=plan.seed)
+                       optimizer=plan.optimizer, lr=plan.lr, seed=plan.seed,
+                       device=plan.compute)
     request = TrainRequest(
         arch=plan.arch, data="synthetic", out=str(checkpoint), stage="both",
         input_size=plan.input_size, base=base, head_space=plan.heads, positions=plan.positions,
@@ -87,9 +92,10 @@ def _train(plan: DemoPlan, checkpoint: Path) -> None:
 def demo_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for the checkpoint and report.html.")] = Path("dse-demo"),
     db: DbOption = DEFAULT_DB,
+    compute: ComputeOption = "cpu",
 ) -> None:
     """Run the whole pipeline on built-in data and this CPU: train, profile, search, report."""
-    run_demo(DemoPlan(), out=out, db=db)
+    run_demo(DemoPlan(compute=compute), out=out, db=db)
 
 
 def run_demo(plan: DemoPlan, *, out: Path, db: str) -> Path:
@@ -115,13 +121,13 @@ def run_demo(plan: DemoPlan, *, out: Path, db: str) -> Path:
     _train(plan, checkpoint)
 
     threads = torch.get_num_threads()
-    devices = _device_names(threads)
+    devices = _device_names(threads, plan.compute)
     model_name = "demo-" + plan.arch
     for step, (name, n) in enumerate(devices):
         console.rule(f"2/4 profile: {'accuracy once, then ' if step == 0 else ''}latency on {name}")
         request = ProfileRequest(
             checkpoint=checkpoint, device=name, data="synthetic", split="calib",
-            limit=plan.calib_size, accuracy=step == 0, latency=True, compute="cpu",
+            limit=plan.calib_size, accuracy=step == 0, latency=True, compute=plan.compute,
             dtype="float32", threads=n, timing=TimingSettings(warmup=3, repeat=plan.repeat),
             batch=1, batch_size=16, name=model_name,
         )

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dse.cli._app import DbOption, JsonOption, app, console, err_console
+from dse.cli._app import ComputeOption, DbOption, JsonOption, app, console, err_console
 
 RunOption = Annotated[int, typer.Option("--run", help="Search run id (`dse pareto` prints it).")]
 CandidateOption = Annotated[
@@ -30,6 +30,7 @@ def export_command(
     out: Annotated[Path | None, typer.Option("--out", help="File (folder for onnx) to write.")]
     = None,
     checkpoint: CheckpointOption = None,
+    compute: ComputeOption = "cpu",
     db: DbOption = "sqlite:///mess.db",
     json_output: JsonOption = False,
 ) -> None:
@@ -37,7 +38,7 @@ def export_command(
     from profiling.deploy import ExportRequest, run_export
 
     outcome = run_export(db, ExportRequest(run=run, candidate=candidate, checkpoint=checkpoint,
-                                           fmt=fmt, out=out))
+                                           fmt=fmt, out=out, compute=compute))
     if json_output:
         print(json.dumps({"run": run, "candidate": candidate, "format": fmt,
                           "files": [str(p) for p in outcome.files],
@@ -64,6 +65,10 @@ def verify_command(
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed runs per image.")] = 5,
     force: Annotated[bool, typer.Option("--force", help="Run on another device anyway.")]
     = False,
+    compute: Annotated[
+        str | None,
+        typer.Option("--compute", help="Torch device: cpu or cuda[:N] (default: the run's)."),
+    ] = None,
     db: DbOption = "sqlite:///mess.db",
     json_output: JsonOption = False,
 ) -> None:
@@ -74,7 +79,7 @@ def verify_command(
 
     request = VerifyRequest(run=run, candidate=candidate, checkpoint=checkpoint, data=data,
                             data_root=data_root, split=split, limit=limit, repeat=repeat,
-                            force=force)
+                            force=force, compute=compute)
     with Progress(console=err_console, transient=True, disable=json_output) as bar:
         task = bar.add_task("verifying", total=None)
         outcome = run_verify(db, request, progress=lambda done, total: bar.update(

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from dse.cli._app import (
     DEFAULT_DB,
+    ComputeOption,
     DbOption,
     JsonOption,
     app,
@@ -58,7 +59,7 @@ def profile_command(
     input_size: Annotated[str | None, typer.Option("--input-size", help="HxW (default: the checkpoint's).")] = None,
     accuracy: Annotated[bool, typer.Option("--accuracy/--no-accuracy", help="Accuracy profile when missing.")] = True,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Latency profile on this machine.")] = True,
-    compute: Annotated[str, typer.Option("--compute", help="Run on cpu or cuda.")] = "cpu",
+    compute: ComputeOption = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="float32, or float16 on CUDA.")] = "float32",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads (default: torch's).")] = None,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed runs per component.")] = 20,

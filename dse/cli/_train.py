@@ -100,6 +100,20 @@ def _record_json(record: EpochRecord) -> dict[str, Any]:
     }
 
 
+def _compute(compute: str | None, device: str | None) -> str:
+    """--compute, or the deprecated --device of earlier releases (one warning line)."""
+    if device is not None:
+        err_console.print("warning: `dse train --device` is deprecated and will be removed in the "
+                          "next release; use --compute cpu|cuda (--device names a machine in "
+                          "`dse profile`)", markup=False, highlight=False, soft_wrap=True)
+        if compute is not None and compute != device:
+            raise DseError(f"--compute {compute} and --device {device} disagree; give --compute only")
+    kind = compute or device or "cpu"
+    if kind not in ("cpu", "cuda") and not kind.startswith("cuda:"):
+        raise DseError(f"--compute must be cpu or cuda, got {kind!r}")
+    return kind
+
+
 @app.command("train")
 def train_command(
     arch: Annotated[str, typer.Option("--arch", help="Architecture (see `dse inspect`).")],
@@ -124,7 +138,13 @@ def train_command(
         typer.Option("--time-budget", help="Minutes for all stages; stops at an epoch boundary."),
     ] = None,
     input_size: Annotated[str, typer.Option("--input-size", help="HxW.")] = "64x64",
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    compute: Annotated[
+        str | None, typer.Option("--compute", help="Torch device to compute on: cpu or cuda[:N].")
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", hidden=True, help="Deprecated: use --compute."),
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue --out from its last epoch.")
     ] = False,
@@ -184,8 +204,7 @@ def train_command(
     from training.train import TrainConfig
 
     size = parse_input_size(input_size, minimum=8)
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise DseError(f"--device must be cpu or cuda, got {device!r}")
+    kind = _compute(compute, device)
     if time_budget is not None and time_budget <= 0:
         raise DseError(f"--time-budget must be > 0 minutes, got {time_budget}")
     if epochs is None:  # with a budget only: as many epochs as fit
@@ -198,7 +217,7 @@ def train_command(
             alpha=alpha, temperature=temperature, early_weight=early_weight,
             distill_class_weights=distill_class_weights,
             class_weighting=class_weighting, exits=_split_list(exits), seed=seed,
-            device=device, threads=threads,
+            device=kind, threads=threads,
         )  # fmt: skip
         request = TrainRequest(
             arch=arch, data=data, data_root=data_root, out=out, stage=stage, input_size=size,
