@@ -150,3 +150,20 @@ def test_checkpoint_of_another_architecture_is_refused(
     assert not out.exists()
     code, _, err = _run(capsys, *TINY, "--stage", "2", "--init", str(init), "--out", str(init))
     assert code == 2 and "already exists" in _one_error_line(err)
+
+
+def test_compute_names_the_torch_device_and_device_is_deprecated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = str(tmp_path / "x.pt")
+    code, _, err = _run(capsys, *TINY, "--out", out, "--compute", "tpu")
+    assert code == 2 and "--compute must be cpu or cuda" in _one_error_line(err)
+    # the old name still parses, says it is deprecated, and is checked like --compute
+    code, _, err = _run(capsys, *TINY, "--out", out, "--device", "tpu")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 2
+    assert lines[0].startswith("warning: `dse train --device` is deprecated")
+    assert lines[1] == "error: --compute must be cpu or cuda, got 'tpu'"
+    code, _, err = _run(capsys, *TINY, "--out", out, "--device", "cpu", "--compute", "cuda")
+    assert code == 2 and "disagree" in err.splitlines()[-1]
+    assert not Path(out).exists()
