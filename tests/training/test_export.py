@@ -85,6 +85,37 @@ def test_later_stages_never_run_once_every_image_left(resnet) -> None:
     assert index.tolist() == [0, 0, 0] and calls == []
 
 
+def test_partial_exit_runs_later_stages_only_for_images_still_in(resnet) -> None:
+    """Counting the work, as tests/training/test_network.py does for the eager cascade: a
+    module that ran every image through every stage and masked the results would fail here."""
+    x = _images()
+    exits, th_pix, th_img = _config(resnet, x)
+    module = build_cascade_module(resnet, exits=[*exits, "final"], th_pix=th_pix, th_img=th_img,
+                                  input_size=SIZE)
+    ref = _reference(resnet, x, exits, th_pix, th_img)
+    batches: dict[str, list[int]] = {"stage1": [], "head1": [], "last": [], "final": [],
+                                     "up0": [], "up_last": []}
+    watched = {"stage1": module.early_stages[1], "head1": module.early_heads[1],
+               "last": module.last_stage, "final": module.last_head,
+               "up0": module.early_upsample[0], "up_last": module.last_upsample}
+    hooks = [m.register_forward_hook(lambda _m, args, _o, name=name: batches[name].append(
+        int(args[0].shape[0]))) for name, m in watched.items()]
+    with torch.no_grad():
+        _, index = module(x)
+    for hook in hooks:
+        hook.remove()
+    left_first = ref.exit_ids.count(exits[0])
+    left_second = ref.exit_ids.count(exits[1])
+    still_in = x.shape[0] - left_first
+    assert 0 < left_first < x.shape[0]
+    assert [module.exit_ids[i] for i in index] == ref.exit_ids
+    assert batches["up0"] == [left_first]  # only the leavers are upsampled there
+    assert batches["stage1"] == [still_in] and batches["head1"] == [still_in]
+    finals = still_in - left_second
+    assert batches["last"] == ([finals] if finals else [])
+    assert batches["final"] == batches["last"] and batches["up_last"] == batches["last"]
+
+
 def test_torchscript_file_keeps_the_early_exit(resnet, tmp_path) -> None:
     x = _images()
     exits, th_pix, th_img = _config(resnet, x)
@@ -118,7 +149,12 @@ def test_state_dict_export_rebuilds_on_a_fresh_network(resnet, tmp_path) -> None
     export_cascade(module, fmt="state-dict", out=out, metadata={"edge_correction": True},
                    example=x[:1])
     state = torch.load(out, weights_only=True)
-    assert all(not k.startswith("early_stages.9") for k in state)
+    # only the configuration's parts: one early stage and head per kept early exit
+    for part in ("early_stages", "early_heads"):
+        assert {k.split(".")[1] for k in state if k.startswith(part + ".")} == {
+            str(i) for i in range(len(exits))}
+    assert sum(v.numel() for k, v in state.items() if "running" not in k
+               and "num_batches" not in k) < sum(p.numel() for p in resnet.parameters())
     torch.manual_seed(123)  # other random weights: the export must bring its own
     fresh = build_network("fcn_resnet18", num_classes=3, head_space=["nocrm-b0-fcn"],
                           positions=[p.name for p in resnet.positions]).eval()
