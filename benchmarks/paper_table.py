@@ -12,13 +12,14 @@ Selection and report use different images of one split (CamVid's test split is w
 
 Prints one row per target: mIoU predicted on the selection images, mIoU measured on the held-out
 images, GFLOPs, predicted and measured mean latency, speed-up over the baseline (measured and
-predicted). Everything goes through the `dse` CLI (`--json`), so the store `--db` holds the
-profiles, runs and verifications afterwards (`dse report --runs ...` plots them).
+predicted). Every step is the library call the CLI makes (`run_profile`, `run_search`,
+`run_verify`), so the store `--db` holds the profiles, runs and verifications afterwards
+(`dse report --runs ...` plots them).
 
 `scale`: the search at the paper's scale, `deeplabv3_resnet50` with the default head space
 (16 positions x 20 heads = 320 candidate exits) and RANDOM weights (seeded; no pretrained weights
 offline), so its mIoU means nothing: an accuracy profile on a few CamVid images at a small size,
-a latency profile on this CPU, then `dse pareto --max-exits K`; prints how many configurations
+a latency profile on this CPU, then the search (`dse pareto --max-exits K`); prints how many configurations
 were evaluated and how long each step took.
 
     .venv/bin/python benchmarks/paper_table.py table --checkpoint /tmp/mess-bench/camvid/pfd.pt \\
@@ -31,35 +32,50 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
+
+from db.errors import StorageError
+from dse.constraints import Constraints
+from dse.errors import DseError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "camvid"
-DSE = str(Path(sys.executable).parent / "dse")
 TARGETS = (
-    ("max mIoU, latency <= baseline", ["--target", "accuracy"]),
-    ("min latency, drop <= 0.1 pp", ["--target", "speed", "--max-drop-pp", "0.1"]),
-    ("min latency, drop <= 1 pp", ["--target", "speed", "--max-drop-pp", "1"]),
+    ("max mIoU, latency <= baseline", Constraints(target="accuracy")),
+    ("min latency, drop <= 0.1 pp", Constraints(target="speed", max_drop_pp=0.1)),
+    ("min latency, drop <= 1 pp", Constraints(target="speed", max_drop_pp=1.0)),
 )
+T = TypeVar("T")
 
 
 class BenchmarkError(Exception):
-    """A dse command failed; the message is its stderr."""
+    """A step failed; the message is the library's one-line error."""
 
 
-def _dse(args: list[str]) -> list[dict[str, Any]]:
-    """Run `dse ARGS --json`; one dict per JSON line of its stdout."""
+def _step(name: str, call: Callable[[], T]) -> T:
+    """Run one library call, timed; a user-facing error becomes a BenchmarkError."""
+    from profiling.errors import ProfilingError
+    from training.errors import TrainingError
+
     started = time.perf_counter()
-    done = subprocess.run([DSE, *args, "--json"], capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    print(f"  dse {' '.join(args[:1])}: {seconds:.1f} s", file=sys.stderr, flush=True)
-    if done.returncode != 0:
-        raise BenchmarkError(f"dse {' '.join(args)} failed: {done.stderr.strip()}")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    try:
+        result = call()
+    except (DseError, StorageError, ProfilingError, TrainingError) as exc:
+        raise BenchmarkError(f"{name} failed: {exc}") from exc
+    print(f"  {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    return result
+
+
+def _candidate_row(cand: Any, chosen: int | None) -> dict[str, Any]:
+    """A stored candidate as the dict `dse pareto --json` prints."""
+    return {"run": cand.run_id, "candidate": cand.index, "front": cand.front,
+            "exits": list(cand.exits), "th_pix": list(cand.th_pix), "th_img": cand.th_img,
+            "miou": cand.miou, "latency_ms": cand.latency_ms, "gflops": cand.gflops,
+            "exit_rates": dict(cand.exit_rates), "chosen": cand.index == chosen}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,20 +106,35 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _search(a: argparse.Namespace, extra: list[str]) -> tuple[int, dict[str, Any], list[dict]]:
-    """One `dse pareto` run: (run id, chosen candidate, all stored candidates)."""
-    rows = _dse(["pareto", "--device", a.device, "--max-exits", str(a.max_exits),
-                 "--db", a.db, *extra])  # fmt: skip
+def _search(a: argparse.Namespace, constraints: Constraints, model: str | None = None
+            ) -> tuple[int, dict[str, Any], list[dict]]:
+    """One search (what `dse pareto` runs): (run id, chosen candidate, all stored candidates)."""
+    from db.session import open_store, parse_url
+    from dse.run import SearchRequest, run_search
+
+    request = SearchRequest(device=a.device, model=model, max_exits=a.max_exits,
+                            constraints=constraints)
+    engine = open_store(a.db)
+    try:
+        url = parse_url(a.db).render_as_string(hide_password=False)
+        stored = _step("search", lambda: run_search(engine, url, request))
+    finally:
+        engine.dispose()
+    rows = [_candidate_row(c, stored.chosen) for c in stored.candidates]
     chosen = [r for r in rows if r["chosen"]]
-    if not rows or not chosen:
-        raise BenchmarkError(f"dse pareto {' '.join(extra)} stored no chosen candidate")
-    return int(rows[0]["run"]), chosen[0], rows
+    if constraints.target is not None and not chosen:
+        raise BenchmarkError(f"the search ({constraints}) stored no chosen candidate")
+    return stored.run.id, (chosen or rows)[0], rows
 
 
 def _verify(a: argparse.Namespace, run: int, candidate: int) -> dict[str, Any]:
-    return _dse(["verify", "--run", str(run), "--candidate", str(candidate),
-                 "--checkpoint", a.checkpoint, "--data", a.data, "--data-root", a.data_root,
-                 "--split", a.held_out, "--repeat", str(a.verify_repeat), "--db", a.db])[0]  # fmt: skip
+    """What `dse verify --json` prints for one candidate on the held-out images."""
+    from profiling.deploy import VerifyRequest, run_verify
+
+    request = VerifyRequest(run=run, candidate=candidate, checkpoint=Path(a.checkpoint),
+                            data=a.data, data_root=Path(a.data_root), split=a.held_out,
+                            repeat=a.verify_repeat)
+    return _step("verify", lambda: run_verify(a.db, request)).comparison.to_dict()
 
 
 def _baseline(a: argparse.Namespace, run_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -190,7 +221,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
 
 
 def scale(a: argparse.Namespace) -> int:
-    """Profile a random-weight paper-scale network with the library, then search with the CLI."""
+    """Profile a random-weight paper-scale network, then search (library calls only)."""
     import torch
 
     from db import repository
@@ -235,13 +266,12 @@ def scale(a: argparse.Namespace) -> int:
               f"warm-up {a.warmup}, repeat {a.repeat}: {lat_s:.1f} s")  # fmt: skip
         del network
         try:
-            rows = _dse(["pareto", "--device", a.device, "--model", str(model_id),
-                         "--max-exits", str(a.max_exits), "--db", a.db])  # fmt: skip
+            run_id, _, rows = _search(a, Constraints(), model=str(model_id))
         except BenchmarkError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         with session_scope(engine, readonly=True) as s:
-            run = repository.get_search_run(s, int(rows[0]["run"]))
+            run = repository.get_search_run(s, run_id)
         front1 = sum(r["front"] == 1 for r in rows)
         print(f"dse pareto --max-exits {a.max_exits} (run {run.id}): {run.n_evaluated:,} "
               f"configurations in {run.duration_s:.1f} s "
@@ -257,11 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.what == "scale":
         return scale(a)
     started = time.perf_counter()
+    from profiling.run import ProfileRequest, run_profile
+    from profiling.timing import TimingSettings
+
+    profile = ProfileRequest(checkpoint=Path(a.checkpoint), device=a.device, data=a.data,
+                             data_root=a.data_root, split=a.select, threads=a.threads,
+                             timing=TimingSettings(repeat=a.repeat), batch=1)
     try:
-        _dse(["profile", "--checkpoint", a.checkpoint, "--device", a.device, "--data", a.data,
-              "--data-root", a.data_root, "--split", a.select, "--threads", str(a.threads),
-              "--repeat", str(a.repeat), "--batch", "1", "--db", a.db])  # fmt: skip
-        searches = [(title, *_search(a, extra)) for title, extra in TARGETS]
+        _step("profile", lambda: run_profile(a.db, profile))
+        searches = [(title, *_search(a, constraints)) for title, constraints in TARGETS]
         # The baseline is the final exit alone: verify its stored candidate when a run kept it on
         # a front, else measure it the same way (batch 1, the run's threads) with the library.
         base = next(

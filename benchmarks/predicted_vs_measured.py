@@ -19,6 +19,7 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for one in stored:
         module = candidate_cascade(network, one)
         measured = measure_cascade(
-            module, dataset, exit_ids=module.exit_ids, num_classes=network.num_classes,
+            module, cast(Any, dataset), exit_ids=module.exit_ids, num_classes=network.num_classes,
             device=torch.device("cpu"), dataset_name=calib.dataset, split=calib.split,
             device_name=run.device_name, timing=TimingSettings(warmup=0, repeat=args.repeat),
         )
