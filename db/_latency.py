@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -11,8 +12,8 @@ from sqlalchemy.orm import Session
 from db._common import aware, insert_or_get, parse_shape, shape_key
 from db.arrays import from_bytes, to_bytes
 from db.errors import StorageError
-from db.models import Device, Latency, Model
-from db.records import LATENCY_KINDS, LatencyRecord
+from db.models import Device, Latency, Model, ProfileQuality, utcnow
+from db.records import LATENCY_KINDS, LatencyRecord, ProfileQualityRecord
 
 
 def latency_stats(samples_ms: np.ndarray) -> dict[str, float]:
@@ -34,6 +35,7 @@ def _record(row: Latency) -> LatencyRecord:
         p90_ms=row.p90_ms, p99_ms=row.p99_ms, max_ms=row.max_ms,
         samples_ms=from_bytes(row.samples_ms, np.float64, (row.n,)), gflops=row.gflops,
         params=row.params, created=aware(row.created), predicted_ms=row.predicted_ms,
+        noisy=bool(row.noisy), quality=row.quality,
     )
 
 
@@ -51,12 +53,16 @@ def upsert_latency(
     gflops: float,
     params: int,
     predicted_ms: float | None = None,
+    noisy: bool = False,
+    quality: dict[str, Any] | None = None,
 ) -> LatencyRecord:
     """Store the timing samples of one component; a new measurement replaces the old one.
 
     The key is (model, device, kind, name, input shape, batch, dtype). Kind "path" is a
     closed-loop check (the real cascade on one forced path) and needs `predicted_ms`, the sum of
-    component means it was compared with; the components themselves take none.
+    component estimates it was compared with; the components themselves take none. `noisy`
+    marks a row stored although its profile failed the stability checks; `quality` keeps its
+    spread figures.
     """
     if kind not in LATENCY_KINDS:
         raise ValueError(f"kind must be one of {LATENCY_KINDS}, got {kind!r}")
@@ -83,7 +89,8 @@ def upsert_latency(
         raise StorageError(f"unknown device id {device_id}; `dse devices` lists the known ones")
     key = shape_key(input_shape)
     values = dict(latency_stats(x), samples_ms=to_bytes(x), gflops=float(gflops), params=int(params),
-                  predicted_ms=None if predicted_ms is None else float(predicted_ms))
+                  predicted_ms=None if predicted_ms is None else float(predicted_ms),
+                  noisy=bool(noisy), quality=None if quality is None else dict(quality))
     row = Latency(
         model_id=model_id, device_id=device_id, kind=kind, name=name, input_shape=key,
         batch=batch, dtype=dtype, **values,
@@ -134,3 +141,49 @@ def list_path_checks(s: Session, *, model_id: int | None = None,
         stmt = stmt.where(Latency.device_id == device_id)
     stmt = stmt.order_by(Latency.model_id, Latency.device_id, Latency.input_shape, Latency.id)
     return [_record(r) for r in s.scalars(stmt)]
+
+
+def _quality_record(row: ProfileQuality) -> ProfileQualityRecord:
+    return ProfileQualityRecord(
+        id=row.id, model_id=row.model_id, device_id=row.device_id,
+        input_shape=parse_shape(row.input_shape), batch=row.batch, dtype=row.dtype,
+        noisy=bool(row.noisy), quality=dict(row.quality), created=aware(row.created),
+    )
+
+
+def upsert_profile_quality(s: Session, *, model_id: int, device_id: int,
+                           input_shape: Sequence[int], batch: int, dtype: str, noisy: bool,
+                           quality: dict[str, Any]) -> ProfileQualityRecord:
+    """Record how a latency-profile run went; a later run of the same profile replaces it."""
+    if s.get(Model, model_id) is None:
+        raise StorageError(f"unknown model id {model_id}; `dse models` lists the stored models")
+    if s.get(Device, device_id) is None:
+        raise StorageError(f"unknown device id {device_id}; `dse devices` lists the known ones")
+    key = shape_key(input_shape)
+    row = ProfileQuality(model_id=model_id, device_id=device_id, input_shape=key, batch=batch,
+                         dtype=dtype, noisy=bool(noisy), quality=dict(quality))
+    stored, inserted = insert_or_get(
+        s, row,
+        select(ProfileQuality).where(
+            ProfileQuality.model_id == model_id, ProfileQuality.device_id == device_id,
+            ProfileQuality.input_shape == key, ProfileQuality.batch == batch,
+            ProfileQuality.dtype == dtype,
+        ),
+    )
+    if not inserted:
+        stored.noisy, stored.quality = bool(noisy), dict(quality)
+        stored.created = utcnow()
+    s.flush()
+    return _quality_record(stored)
+
+
+def list_profile_quality(s: Session, *, model_id: int | None = None,
+                         device_id: int | None = None) -> list[ProfileQualityRecord]:
+    """Stored profile-quality rows, optionally of one model or device."""
+    stmt = select(ProfileQuality)
+    if model_id is not None:
+        stmt = stmt.where(ProfileQuality.model_id == model_id)
+    if device_id is not None:
+        stmt = stmt.where(ProfileQuality.device_id == device_id)
+    stmt = stmt.order_by(ProfileQuality.model_id, ProfileQuality.device_id, ProfileQuality.id)
+    return [_quality_record(r) for r in s.scalars(stmt)]

@@ -27,6 +27,7 @@ from db.models import (
     Exit,
     Latency,
     Model,
+    ProfileQuality,
     SearchRun,
     Verification,
 )
@@ -211,7 +212,7 @@ class _Merger:
 
     def latency(self) -> None:
         names = ("n", "mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms",
-                 "samples_ms", "gflops", "params", "predicted_ms")
+                 "samples_ms", "gflops", "params", "predicted_ms", "noisy", "quality")
         for lat in self.src.scalars(select(Latency).order_by(Latency.id)):
             model_id, device_id = self.model_ids[lat.model_id], self.device_ids[lat.device_id]
             key = dict(model_id=model_id, device_id=device_id, kind=lat.kind, name=lat.name,
@@ -224,6 +225,20 @@ class _Merger:
                 self._compare("dse_latency", ours, lat, names,
                               f"latency of {lat.kind} {lat.name} ({lat.input_shape}, batch {lat.batch}, "
                               f"{lat.dtype}) on device {device_id}")
+
+    def profile_quality(self) -> None:
+        names = ("noisy", "quality")
+        for q in self.src.scalars(select(ProfileQuality).order_by(ProfileQuality.id)):
+            key = dict(model_id=self.model_ids[q.model_id], device_id=self.device_ids[q.device_id],
+                       input_shape=q.input_shape, batch=q.batch, dtype=q.dtype)
+            ours = self.dst.scalars(select(ProfileQuality).filter_by(**key)).first()
+            if ours is None:
+                self._copy("dse_profile_quality", ProfileQuality(
+                    created=q.created, **key, **dict(zip(names, _cols(q, names), strict=True))))
+            else:
+                self._compare("dse_profile_quality", ours, q, names,
+                              f"profile quality ({q.input_shape}, batch {q.batch}, {q.dtype}) "
+                              f"on device {key['device_id']}")
 
     def search(self) -> None:
         run_names = ("method", "mode", "space", "constraints", "objectives", "baseline",
@@ -260,6 +275,7 @@ class _Merger:
         self.devices()
         self.accuracy()
         self.latency()
+        self.profile_quality()
         self.search()
         return MergeReport(
             copied=dict(self.copied), skipped=dict(self.skipped),

@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -172,6 +173,30 @@ class Latency(Base):
     created: Mapped[datetime] = mapped_column(default=utcnow)
     # kind "path" (closed-loop check): the sum of component means the measurement is compared to
     predicted_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Measurement quality (profiling.quality): spread figures of the samples; `noisy` marks a
+    # row stored although the profile failed its stability checks (kept by an explicit flag).
+    noisy: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class ProfileQuality(Base):
+    """How the latest latency-profile run of (model, device, input shape, batch, dtype) went:
+    protocol, spread, machine load, closed-loop gaps, and whether it was stored as noisy."""
+
+    __tablename__ = "dse_profile_quality"
+    __table_args__ = (
+        UniqueConstraint("model_id", "device_id", "input_shape", "batch", "dtype"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("dse_model.id", ondelete="CASCADE"), index=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("dse_device.id", ondelete="CASCADE"))
+    input_shape: Mapped[str] = mapped_column(String(100))
+    batch: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(30))
+    noisy: Mapped[bool] = mapped_column(Boolean)
+    quality: Mapped[dict[str, Any]]
+    created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class SearchRun(Base):

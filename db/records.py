@@ -246,14 +246,68 @@ class LatencyRecord:
     gflops: float
     params: int
     created: datetime
-    predicted_ms: float | None = None  # kind "path" only: the summed component means
+    predicted_ms: float | None = None  # kind "path" only: the summed component estimates
+    noisy: bool = False  # stored although its profile failed the stability checks
+    quality: dict[str, Any] | None = None  # spread figures (profiling.quality); None: older rows
+
+    @property
+    def estimate_ms(self) -> float:
+        """The number the search adds up: the median of the samples (robust to the one-sided
+        noise of a shared machine; see profiling.quality)."""
+        return self.p50_ms
 
     @property
     def deviation(self) -> float | None:
-        """Kind "path": (measured - predicted) / measured mean; positive when the sum is low."""
-        if self.predicted_ms is None or self.mean_ms <= 0:
+        """Kind "path": (measured - predicted) / measured, on the estimates (medians);
+        positive when the sum is low."""
+        if self.predicted_ms is None or self.estimate_ms <= 0:
             return None
-        return (self.mean_ms - self.predicted_ms) / self.mean_ms
+        return (self.estimate_ms - self.predicted_ms) / self.estimate_ms
+
+
+# A closed-loop gap beyond this share means the additive latency model is off on the device.
+CLOSED_LOOP_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileQualityRecord:
+    """How the latest latency-profile run of a (model, device, shape, batch, dtype) went.
+
+    `quality` holds the protocol's settings and figures (`profiling.protocol.ProtocolResult.
+    summary()`: spread, unstable count, load of each pass) and the closed-loop gaps
+    (`closed_loop`: list of {path, deviation}); `noisy` is True when it was stored anyway.
+    """
+
+    id: int
+    model_id: int
+    device_id: int
+    input_shape: tuple[int, ...]
+    batch: int
+    dtype: str
+    noisy: bool
+    quality: dict[str, Any]
+    created: datetime
+
+    @property
+    def worst_gap(self) -> float | None:
+        gaps = [abs(float(g["deviation"])) for g in self.quality.get("closed_loop", [])]
+        return max(gaps) if gaps else None
+
+    def describe(self) -> str:
+        """One line of figures: spread, load, closed-loop gap."""
+        q = self.quality
+        parts = [f"max spread {q.get('max_rel_spread', 0.0):.0%}",
+                 f"{q.get('unstable', 0)}/{q.get('components', 0)} unstable"]
+        passes = q.get("passes") or []
+        if passes:
+            last = passes[-1]
+            parts.append(f"other processes {last.get('other_cores', 0.0):.2f} cores")
+            if last.get("load_1m") is not None:
+                parts.append(f"load {last['load_1m']:.2f}")
+        gap = self.worst_gap
+        if gap is not None:
+            parts.append(f"worst closed-loop gap {gap:.0%}")
+        return ", ".join(parts)
 
 
 # ----------------------------------------------------------------------------- search

@@ -33,7 +33,14 @@ from db._catalog import (
     upsert_exits,
     upsert_model,
 )
-from db._latency import latency_stats, list_path_checks, load_latency, upsert_latency
+from db._latency import (
+    latency_stats,
+    list_path_checks,
+    list_profile_quality,
+    load_latency,
+    upsert_latency,
+    upsert_profile_quality,
+)
 from db._search import (
     add_candidates,
     add_verification,
@@ -62,7 +69,8 @@ __all__ = [
     "finish_search_run", "get_accuracy_profile", "get_calibration_set", "get_candidate",
     "get_device", "get_model", "get_search_run", "latency_stats", "list_candidates",
     "list_devices", "list_exits", "list_models", "list_search_runs", "list_verifications",
-    "list_path_checks", "load_accuracy", "load_latency", "missing_chunks", "row_counts", "summarise",
+    "list_path_checks", "list_profile_quality", "load_accuracy", "load_latency", "missing_chunks",
+    "row_counts", "summarise",
     "upsert_accuracy_profile", "upsert_calibration_set", "upsert_device", "upsert_exits",
-    "upsert_latency", "upsert_model",
+    "upsert_latency", "upsert_model", "upsert_profile_quality",
 ]

@@ -198,7 +198,8 @@ def accuracy_from_records(arrays, exits, position_names: Sequence[str]) -> Accur
 
 
 def cost_from_records(latency, position_names: Sequence[str]) -> CostData:  # type: ignore[no-untyped-def]
-    """Build `CostData` from the `LatencyRecord`s of one (model, device, input shape).
+    """Build `CostData` from the `LatencyRecord`s of one (model, device, input shape), each
+    component at its `estimate_ms` (the median of its samples).
 
     Raises:
         DseError: naming what is missing, and the `dse profile` run that measures it.
@@ -215,17 +216,17 @@ def cost_from_records(latency, position_names: Sequence[str]) -> CostData:  # ty
     final_up: tuple[float, float] | None = None
     for row in latency:
         if row.kind == "segment":
-            seg[row.name] = (float(row.mean_ms), float(row.gflops))
+            seg[row.name] = (float(row.estimate_ms), float(row.gflops))
         elif row.kind == "head":
-            head_ms[row.name], head_gf[row.name] = float(row.mean_ms), float(row.gflops)
+            head_ms[row.name], head_gf[row.name] = float(row.estimate_ms), float(row.gflops)
         elif row.kind == "decision":
-            dec_ms[row.name], dec_gf[row.name] = float(row.mean_ms), float(row.gflops)
+            dec_ms[row.name], dec_gf[row.name] = float(row.estimate_ms), float(row.gflops)
         elif row.kind == "final":
-            final = (float(row.mean_ms), float(row.gflops))
+            final = (float(row.estimate_ms), float(row.gflops))
         elif row.kind == "upsample" and row.name == FINAL_EXIT:
-            final_up = (float(row.mean_ms), float(row.gflops))
+            final_up = (float(row.estimate_ms), float(row.gflops))
         elif row.kind == "upsample":
-            up_ms[row.name], up_gf[row.name] = float(row.mean_ms), float(row.gflops)
+            up_ms[row.name], up_gf[row.name] = float(row.estimate_ms), float(row.gflops)
         # kind "path" rows are closed-loop checks, not components
     missing = [n for n in names if n not in seg] + ([] if final is not None else ["final head"])
     missing += [] if final_up is not None else ["the final upsampling"]

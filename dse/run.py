@@ -32,6 +32,7 @@ from dse.optuna_search import OptunaSearcher
 from dse.pareto import OBJECTIVES
 from dse.search import Progress, Searcher
 from dse.space import build_space
+from dse.trust import LatencyTrust, latency_trust
 
 METHODS = ("exhaustive", "optuna")
 
@@ -89,6 +90,7 @@ class StoredRun:
     run: SearchRunRecord
     candidates: list[CandidateRecord]
     chosen: int | None
+    trust: LatencyTrust | None = None  # what the latencies rest on (dse.trust)
 
 
 def load_problem(s: Session, *, device: str, model: str | None) -> Problem:
@@ -146,6 +148,8 @@ def run_search(engine: Engine, url: str, request: SearchRequest,
     """Load, search, then store the run and its candidates in one transaction."""
     with session_scope(engine) as s:
         problem = load_problem(s, device=request.device, model=request.model)
+        trust = latency_trust(s, model_id=problem.model.id, device_id=problem.device.id,
+                              input_shape=problem.input_shape)
     ev = problem.evaluator
     space = build_space(ev.data, max_exits=request.max_exits, positions=request.positions,
                         heads=request.heads, th_pix=request.th_pix, th_img=request.th_img,
@@ -176,7 +180,7 @@ def run_search(engine: Engine, url: str, request: SearchRequest,
             stored = repo.list_candidates(s, run.id)
     except ValueError as exc:
         raise StorageError(f"could not store the search run: {exc}") from exc
-    return StoredRun(run=run, candidates=stored, chosen=chosen)
+    return StoredRun(run=run, candidates=stored, chosen=chosen, trust=trust)
 
 
 def _baseline(e: Evaluation) -> dict[str, float]:

@@ -1,4 +1,9 @@
-"""Timing harness: warm-up, repeated runs, raw per-run samples in milliseconds.
+"""Timing harness on torch: warm-up, repeated runs, raw per-run samples in milliseconds.
+
+`measure_torch` runs the interleaved protocol (`profiling.protocol`: every component once per
+round, many rounds, median estimate, stability checks, bounded re-measurement) on torch
+callables. `time_callable` and `run_protocol` are the older protocol (each callable timed to
+completion in turn), kept for single callables and for the benchmark that compares the two.
 
 Why not `torch.utils.benchmark.Timer.blocked_autorange`: it times *blocks* of runs and keeps one
 mean per block, so the per-run distribution (p90, p99, max) that the store keeps is lost. A plain
@@ -15,11 +20,17 @@ import functools
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
+
+from profiling.load import LoadProbe, SystemLoadProbe
+from profiling.protocol import ProtocolResult, ProtocolSettings, measure
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,3 +176,19 @@ def time_module(
 ) -> LatencyStats:
     """Time `module(inputs)` on the inputs' device (the module must already be there)."""
     return time_callable(lambda: module(inputs), device=inputs.device, settings=settings)
+
+
+def measure_torch(components: Sequence[tuple[K, Callable[[], object]]], *, device: torch.device,
+                  settings: ProtocolSettings, load: LoadProbe | None = None,
+                  reference: Collection[K] = ()) -> ProtocolResult[K]:
+    """The interleaved protocol (`profiling.protocol.measure`) on torch callables.
+
+    Heap allocations kept (`keep_heap_allocations`), `inference_mode`, the device synchronized
+    before every clock read; the load probe counts `torch.get_num_threads()` cores as this
+    measurement's own unless one is given.
+    """
+    keep_heap_allocations()
+    probe = load if load is not None else SystemLoadProbe(torch.get_num_threads())
+    with torch.inference_mode():
+        return measure(components, settings=settings, load=probe, reference=reference,
+                       sync=functools.partial(synchronize, device))

@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except _user_errors() as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        return 2
+        # 2: a user mistake; an error class may set another code (3: an untrustworthy
+        # measurement, nothing stored; profiling.verdict.UnstableProfileError)
+        return int(getattr(exc, "exit_code", 2))
     return result if isinstance(result, int) else 0
 
 

@@ -90,6 +90,7 @@ def devices_command(
                     "id": d.id, "name": d.name, "fingerprint": d.fingerprint,
                     "fingerprint_sha256": d.fingerprint_sha256,
                     "created": d.created.strftime("%Y-%m-%d %H:%M"),
+                    "quality": _device_quality(s, d.id),
                 }
                 for d in chosen
             ]
@@ -102,11 +103,28 @@ def devices_command(
     if not rows:
         console.print("no devices yet; `dse profile --checkpoint CKPT --device NAME` adds one")
         return
-    table = Table("id", "name", "fingerprint", "details", "created")
+    table = Table("id", "name", "fingerprint", "details", "latency quality", "created")
     for r in rows:
         details = ", ".join(f"{k}={v}" for k, v in sorted(r["fingerprint"].items()))
-        table.add_row(str(r["id"]), r["name"], r["fingerprint_sha256"][:12], details, r["created"])
+        quality = "\n".join(f"model {q['model_id']} {'x'.join(map(str, q['input_shape']))}: "
+                            f"{q['status']} ({q['figures']})" for q in r["quality"]) or "-"
+        table.add_row(str(r["id"]), r["name"], r["fingerprint_sha256"][:12], details, quality,
+                      r["created"])
     console.print(table)
+
+
+def _device_quality(s: Any, device_id: int) -> list[dict[str, Any]]:
+    """Per latency profile of the device that recorded its quality: status and figures."""
+    from db import repository as repo
+    from dse.trust import latency_trust
+
+    out = []
+    for q in repo.list_profile_quality(s, device_id=device_id):
+        trust = latency_trust(s, model_id=q.model_id, device_id=device_id,
+                              input_shape=q.input_shape)
+        out.append({"model_id": q.model_id, "input_shape": list(q.input_shape),
+                    **trust.as_dict()})
+    return out
 
 
 @db_app.command("info")

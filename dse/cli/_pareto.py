@@ -99,6 +99,9 @@ def pareto_command(
 
 def print_run(stored, json_output: bool) -> None:  # type: ignore[no-untyped-def]
     run = stored.run
+    warning = stored.trust.warning if stored.trust is not None else None
+    if warning is not None:
+        err_console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     if json_output:
         for c in stored.candidates:
             typer.echo(json.dumps({

@@ -18,6 +18,7 @@ from dse.errors import DseError
 from dse.report._data import kept_exits
 from dse.report._html import render_report
 from dse.report._model import ConfidenceData, ReportData, RunData
+from dse.trust import latency_trust
 
 
 def _confidence(session: Session, profile_id: int,
@@ -61,6 +62,8 @@ def build_report_data(session: Session, run_ids: Sequence[int]) -> ReportData:
             run=run, candidates=tuple(candidates),
             verifications=tuple(list_verifications(session, run_id)),
             confidence=confidence, confidence_note=note,
+            trust=latency_trust(session, model_id=run.model_id, device_id=run.device_id,
+                                input_shape=run.input_shape),
         ))
     return ReportData(runs=tuple(runs))
 

@@ -36,6 +36,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 
 h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 2px solid #dee2e6; padding-bottom: 0.3rem;
 margin-top: 2.5rem; } h3 { margin-top: 1.8rem; }
 .sub, .note { color: #6c757d; }
+.warning { color: #8a4b00; background: #fff3cd; padding: 4px 8px; }
 dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 0.2rem 1rem; }
 dl.meta dt { font-weight: 600; } dl.meta dd { margin: 0; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1rem; }
@@ -95,6 +96,7 @@ def _run_section(data: RunData, figures: _Figures) -> str:
         "<h3>Summary (paper use cases)</h3>",
         summary_table(summary_rows(run, cands)),
         "<h3>Pareto front</h3>",
+        _trust(data),
         figures.html(front_figure(front_figure_data(run, cands, data.verifications)),
                      f"front-{rid}"),
     ]
@@ -117,6 +119,17 @@ def _run_section(data: RunData, figures: _Figures) -> str:
     parts.append(_histograms(data, figures, colors))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _trust(data: RunData) -> str:
+    """The device profile's measurement quality, next to its front (a warning class when due)."""
+    trust = data.trust
+    if trust is None:
+        return ""
+    css = "warning" if trust.warning else "note"
+    text = trust.warning or f"latencies {trust.status}: {trust.figures}"
+    return (f"<p class=\"{css} trust\" data-trust=\"{esc(trust.status)}\">Latency measurement "
+            f"quality on {esc(trust.device)}: {esc(text)}</p>")
 
 
 def _histograms(data: RunData, figures: _Figures, colors: dict[str, str]) -> str:

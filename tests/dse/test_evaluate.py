@@ -127,7 +127,7 @@ def test_budgeted_and_anytime_modes() -> None:
 
 
 def _row(kind: str, name: str, ms: float, gflops: float = 0.0) -> SimpleNamespace:
-    return SimpleNamespace(kind=kind, name=name, mean_ms=ms, gflops=gflops)
+    return SimpleNamespace(kind=kind, name=name, estimate_ms=ms, gflops=gflops)
 
 
 def test_costs_from_records_charge_the_upsampling_and_ignore_path_checks() -> None:

@@ -1,0 +1,80 @@
+"""What a device's latencies rest on: the profile's measured quality, read back from the store.
+
+The search adds up stored component latencies; whether that sum can be trusted is data too
+(`dse profile` stores it: spread, machine load, closed-loop gaps, rows kept although noisy). This
+module reads it for one (model, device, input shape) and puts it in one line, for `dse pareto`
+(a warning), the report (next to the front) and `dse devices`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from db import repository as repo
+from db.records import CLOSED_LOOP_TOLERANCE, ProfileQualityRecord
+
+# status values, worst first
+NOISY, CLOSED_LOOP_FAILED, UNCHECKED, CHECKED = "noisy", "closed-loop failed", "unchecked", "checked"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyTrust:
+    """The quality of one latency profile: a status, its figures, and a warning when due."""
+
+    device: str
+    status: str
+    figures: str
+    noisy_rows: int = 0
+    failing_paths: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def warning(self) -> str | None:
+        """One line for `dse pareto`, or None when the profile passed its checks (or predates
+        them: `unchecked` is shown, not warned about)."""
+        if self.status == NOISY:
+            return (f"the latency profile of {self.device!r} was stored although noisy "
+                    f"({self.noisy_rows} noisy row(s); {self.figures}); this front may be wrong: "
+                    "re-profile on a quieter machine")
+        if self.status == CLOSED_LOOP_FAILED:
+            gaps = ", ".join(f"{p} {g:+.0%}" for p, g in self.failing_paths)
+            return (f"on {self.device!r} the real cascade differs from the summed component "
+                    f"latencies by more than {CLOSED_LOOP_TOLERANCE:.0%} ({gaps}); this front's "
+                    "latencies are off by as much")
+        return None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"status": self.status, "figures": self.figures, "noisy_rows": self.noisy_rows,
+                "failing_paths": [{"path": p, "deviation": g} for p, g in self.failing_paths]}
+
+
+def latency_trust(s: Session, *, model_id: int, device_id: int,
+                  input_shape: Sequence[int]) -> LatencyTrust:
+    """The trust status of the (model, device, input shape) latency profile."""
+    device = repo.get_device(s, device_id).name
+    shape = tuple(int(v) for v in input_shape)
+    rows = [r for r in repo.load_latency(s, model_id=model_id, device_id=device_id,
+                                         input_shape=shape)]
+    quality = [q for q in repo.list_profile_quality(s, model_id=model_id, device_id=device_id)
+               if q.input_shape == shape]
+    noisy = sum(r.noisy for r in rows)
+    failing = tuple((r.name, float(r.deviation)) for r in rows
+                    if r.kind == "path" and r.deviation is not None
+                    and abs(r.deviation) > CLOSED_LOOP_TOLERANCE)
+    figures = _figures(quality[-1]) if quality else "measured before quality checks existed"
+    if noisy or any(q.noisy for q in quality):
+        status = NOISY
+    elif failing:
+        status = CLOSED_LOOP_FAILED
+    elif not quality:
+        status = UNCHECKED
+    else:
+        status = CHECKED
+    return LatencyTrust(device=device, status=status, figures=figures, noisy_rows=noisy,
+                        failing_paths=failing)
+
+
+def _figures(q: ProfileQualityRecord) -> str:
+    return q.describe()
