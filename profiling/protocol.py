@@ -144,6 +144,26 @@ def cascade_order(segments: Sequence[str], exits: Sequence[tuple[str, str]],
     return [*order, ("final", final), ("upsample", final)]
 
 
+def chain_calls(chain: Sequence[tuple[str, Callable[[Any], Any]]], chain_input: Any,
+                kind: str = "segment") -> dict[tuple[str, str], Callable[[], object]]:
+    """Zero-argument calls for a chain of steps (the backbone segments): step i runs on the
+    latest output of step i - 1, so within a round each segment sees what the one before it
+    just produced, as in the cascade. The chain runs once here, so any subset can be timed;
+    call it where the backend wants (torch: under `inference_mode`).
+    """
+    outputs: list[Any] = [chain_input]
+    for _, step in chain:
+        outputs.append(step(outputs[-1]))
+
+    def call(i: int, step: Callable[[Any], Any]) -> Callable[[], object]:
+        def run() -> object:
+            outputs[i + 1] = step(outputs[i])
+            return outputs[i + 1]
+        return run
+
+    return {(kind, name): call(i, step) for i, (name, step) in enumerate(chain)}
+
+
 def run_rounds(components: Sequence[tuple[K, Callable[[], object]]], *, warmup: int,
                repeat: int, min_time_s: float, max_repeat: int,
                sync: Callable[[], None] = _noop,

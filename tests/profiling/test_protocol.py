@@ -178,3 +178,21 @@ def test_duplicate_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="unique"):
         measure([("a", lambda: None), ("a", lambda: None)], settings=ProtocolSettings(),
                 load=FakeLoad(0.0))
+
+
+def test_chain_calls_feed_each_step_the_previous_output() -> None:
+    from profiling.protocol import chain_calls
+
+    seen: list[tuple[str, int]] = []
+
+    def step(name: str, add: int):
+        def run(value: int) -> int:
+            seen.append((name, value))
+            return value + add
+        return run
+
+    calls = chain_calls([("a", step("a", 1)), ("b", step("b", 10))], 0)
+    assert seen == [("a", 0), ("b", 1)]  # primed once
+    seen.clear()
+    assert calls[("segment", "b")]() == 11 and calls[("segment", "a")]() == 1
+    assert seen == [("b", 1), ("a", 0)]
