@@ -33,24 +33,9 @@ from profiling.protocol import ProtocolResult, ProtocolSettings, measure
 K = TypeVar("K", bound=Hashable)
 
 
-@dataclass(frozen=True, kw_only=True)
-class TimingSettings:
-    """How hard to measure: runs before timing, then at least `repeat` runs and `min_time_s`."""
-
-    warmup: int = 3
-    repeat: int = 20
-    min_time_s: float = 0.0
-    max_repeat: int = 10_000
-
-    def __post_init__(self) -> None:
-        if self.warmup < 0:
-            raise ValueError("warmup: must be >= 0")
-        if self.repeat < 1:
-            raise ValueError("repeat: must be >= 1")
-        if not math.isfinite(self.min_time_s) or self.min_time_s < 0:
-            raise ValueError("min_time_s: must be a finite number >= 0")
-        if self.max_repeat < self.repeat:
-            raise ValueError("max_repeat: must be >= repeat")
+# One settings type for both protocols: the interleaved one reads every field, the older one
+# (`run_protocol`) only warm-up, repeat, min_time_s and max_repeat.
+TimingSettings = ProtocolSettings
 
 
 @dataclass(frozen=True, kw_only=True)

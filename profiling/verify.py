@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,8 @@ import torch
 from db.counts import miou_from_counts
 from profiling.counts import class_counts
 from profiling.errors import ProfilingError
-from profiling.timing import LatencyStats, TimingSettings, time_callable
+from profiling.load import LoadProbe
+from profiling.timing import LatencyStats, TimingSettings, measure_torch
 
 # One image per exit, 0.01 pp of mIoU: the floating-point slack the issue allows.
 MIOU_TOLERANCE_PP = 0.01
@@ -90,6 +92,12 @@ class Measurement:
     split: str
     device: str
     latency_samples_ms: tuple[float, ...] = field(default=(), repr=False)
+    # The protocol's figures (profiling.quality): median and largest spread (IQR / median) of
+    # the images' runs, images still unstable after re-measurement, the last pass's load.
+    latency_spread: float = 0.0
+    latency_max_spread: float = 0.0
+    latency_unstable: int = 0
+    load: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_images <= 0:
@@ -118,6 +126,10 @@ class Measurement:
             "split": self.split,
             "device": self.device,
             "latency_samples_ms": list(self.latency_samples_ms),
+            "latency_spread": self.latency_spread,
+            "latency_max_spread": self.latency_max_spread,
+            "latency_unstable": self.latency_unstable,
+            "load": dict(self.load),
         }
 
 
@@ -224,11 +236,12 @@ def compare(
     )
 
 
-# Per image: one untimed run (its output is scored), then REPEAT timed runs whose mean is the
-# image's latency; the latency profile also reports component means, so both sides use means.
-# The same rules as the profiler's (profiling.latency): `time_callable` (inference_mode, CUDA
-# synchronised per run), the device row's threads and dtype (set by the caller), warm-up runs
-# first, and the same deployed module as the profiler's closed loop (training.cascade's module).
+# Per image: one untimed run (its output is scored), then the latency profile's protocol
+# (`profiling.timing.measure_torch`): REPEAT interleaved rounds over the images (every image once
+# per round, in dataset order, so a burst of load hits all images alike), the image's latency the
+# median of its runs (the estimate the search sums), bounded re-measurement of unstable images.
+# The device row's threads and dtype (set by the caller), warm-up runs first, and the same
+# deployed module as the profiler's closed loop (training.cascade's module).
 DEFAULT_TIMING = TimingSettings(warmup=0, repeat=5)
 DEFAULT_WARMUP = 3
 
@@ -248,6 +261,7 @@ def measure_cascade(
     warmup: int = DEFAULT_WARMUP,
     ignore_index: int = 255,
     progress: Callable[[int, int], None] | None = None,
+    load: LoadProbe | None = None,
 ) -> Measurement:
     """Run a pruned cascade image by image and measure mIoU, exit counts and latency.
 
@@ -260,13 +274,16 @@ def measure_cascade(
         num_classes: C, for the per-class counts.
         device, dtype: where and how the images run (the latency profile's settings).
         dataset_name, split, device_name: provenance kept in the measurement.
-        timing: timed runs per image (its ``warmup`` is ignored: see ``warmup``).
+        timing: timed rounds over the images, threshold and re-measurement bound (its
+            ``warmup`` is ignored: see ``warmup``).
         warmup: untimed runs on the first image before anything is timed.
         ignore_index: label of pixels left out of the counts.
-        progress: called with (done, total) after each image.
+        progress: called with (done, total) after each image is scored.
+        load: the load probe (default: this machine, `profiling.load.SystemLoadProbe`).
 
     Returns:
-        The measurement; its latency samples hold one mean per image, in dataset order.
+        The measurement; its latency samples hold one median per image, in dataset order, and
+        the protocol's spread and load figures.
 
     Raises:
         ProfilingError: on an empty dataset, or when labels exceed the network's classes.
@@ -274,15 +291,11 @@ def measure_cascade(
     total = len(dataset)
     if total == 0:
         raise ProfilingError(f"split {split!r} of {dataset_name!r} has no images")
-    per_image = TimingSettings(
-        warmup=0, repeat=timing.repeat, min_time_s=timing.min_time_s,
-        max_repeat=timing.max_repeat,
-    )
     tp = np.zeros(num_classes, dtype=np.int64)
     fp = np.zeros(num_classes, dtype=np.int64)
     fn = np.zeros(num_classes, dtype=np.int64)
     counts = dict.fromkeys(exit_ids, 0)
-    latencies: list[float] = []
+    inputs: list[torch.Tensor] = []
     module.eval()
     with torch.inference_mode():
         for index in range(total):
@@ -300,13 +313,14 @@ def measure_cascade(
             fp += img_fp.sum(dim=0).numpy()
             fn += img_fn.sum(dim=0).numpy()
             counts[exit_ids[int(exit_index[0])]] += 1
-            def run_once(x: torch.Tensor = x) -> object:
-                return module(x)
-
-            stats = time_callable(run_once, device=device, settings=per_image)
-            latencies.append(stats.mean_ms)
+            inputs.append(x)
             if progress is not None:
                 progress(index + 1, total)
+    result = measure_torch([(i, partial(module, x)) for i, x in enumerate(inputs)],
+                           device=device, settings=replace(timing, warmup=0), load=load)
+    latencies = [result.estimate_ms(i) for i in range(total)]
+    spreads = sorted(q.rel_spread for q in result.quality.values())
+    last = result.passes[-1]
     summary = LatencyStats.from_samples(latencies)
     return Measurement(
         n_images=total,
@@ -319,4 +333,8 @@ def measure_cascade(
         split=split,
         device=device_name,
         latency_samples_ms=tuple(latencies),
+        latency_spread=spreads[len(spreads) // 2],
+        latency_max_spread=spreads[-1],
+        latency_unstable=len(result.unstable),
+        load=last.as_dict(),
     )

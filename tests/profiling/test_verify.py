@@ -150,3 +150,35 @@ def test_measure_cascade_refuses_an_empty_split() -> None:
             _ThresholdCascade(), [], exit_ids=["final"], num_classes=4,
             device=torch.device("cpu"), dataset_name="toy", split="val", device_name="cpu",
         )
+
+
+def test_measure_cascade_interleaves_images_and_reports_its_spread() -> None:
+    from profiling.load import PassLoad
+
+    class Load:
+        def start(self) -> None:
+            return None
+
+        def stop(self, token: None) -> PassLoad:
+            return PassLoad(wall_s=1.0, other_cores=0.3, free_cores=1.0, load_1m=2.5,
+                            cpu_mhz=None, contended=False)
+
+    order: list[int] = []
+    data = [(torch.full((3, 8, 8), float(i + 1)), torch.zeros(8, 8, dtype=torch.int64))
+            for i in range(3)]
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            order.append(int(x[0, 0, 0, 0]) - 1)
+            return torch.zeros(1, 4, 8, 8), torch.zeros(1, dtype=torch.int64)
+
+    got = measure_cascade(
+        Recorder(), data, exit_ids=["final"], num_classes=4, device=torch.device("cpu"),
+        dataset_name="toy", split="val", device_name="cpu",
+        timing=TimingSettings(warmup=5, repeat=4, max_remeasure=0), warmup=0, load=Load(),
+    )
+    # one scoring run per image, then 4 rounds over the images in order (timing's warm-up unused)
+    assert order == [0, 1, 2] + [0, 1, 2] * 4
+    assert got.load["load_1m"] == 2.5 and got.latency_unstable in range(4)
+    assert 0 <= got.latency_spread <= got.latency_max_spread
+    assert {"latency_spread", "latency_max_spread", "latency_unstable", "load"} <= set(got.to_dict())
