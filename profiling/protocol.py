@@ -167,11 +167,13 @@ def chain_calls(chain: Sequence[tuple[str, Callable[[Any], Any]]], chain_input: 
 def run_rounds(components: Sequence[tuple[K, Callable[[], object]]], *, warmup: int,
                repeat: int, min_time_s: float, max_repeat: int,
                sync: Callable[[], None] = _noop,
-               clock: Callable[[], float] = time.perf_counter) -> dict[K, list[float]]:
+               clock: Callable[[], float] = time.perf_counter,
+               on_round: Callable[[int], None] | None = None) -> dict[K, list[float]]:
     """Time every component once per round, in the given order; `warmup` untimed rounds first.
 
     Rounds continue until `repeat` rounds and `min_time_s` seconds of timed work (capped at
-    `max_repeat` rounds). `sync()` runs after each call, before the clock is read.
+    `max_repeat` rounds). `sync()` runs after each call, before the clock is read;
+    `on_round(rounds done)` after each timed round.
     """
     samples: dict[K, list[float]] = {key: [] for key, _ in components}
     for _ in range(warmup):
@@ -188,13 +190,16 @@ def run_rounds(components: Sequence[tuple[K, Callable[[], object]]], *, warmup: 
             spent += elapsed
             samples[key].append(elapsed * 1e3)
         rounds += 1
+        if on_round is not None:
+            on_round(rounds)
     return samples
 
 
 def measure(components: Sequence[tuple[K, Callable[[], object]]], *,
             settings: ProtocolSettings, load: LoadProbe,
             reference: Collection[K] = (), sync: Callable[[], None] = _noop,
-            clock: Callable[[], float] = time.perf_counter) -> ProtocolResult[K]:
+            clock: Callable[[], float] = time.perf_counter,
+            progress: Callable[[int, int, int], None] | None = None) -> ProtocolResult[K]:
     """Interleaved passes with bounded re-measurement of what is unstable.
 
     Args:
@@ -206,6 +211,7 @@ def measure(components: Sequence[tuple[K, Callable[[], object]]], *,
             judged against. Empty: no floor.
         sync: waits for queued device work (a GPU); called before each clock read.
         clock: seconds, monotonic (injected by tests).
+        progress: `progress(pass, rounds done, components in the pass)` after each round.
 
     Returns:
         The last pass's samples of each component, their quality, and every pass's load.
@@ -220,9 +226,11 @@ def measure(components: Sequence[tuple[K, Callable[[], object]]], *,
     quality: dict[K, ComponentQuality] = {}
     for attempt in range(settings.max_remeasure + 1):
         token = load.start()
-        taken = run_rounds(todo, warmup=settings.warmup, repeat=settings.repeat,
-                           min_time_s=settings.min_time_s, max_repeat=settings.max_repeat,
-                           sync=sync, clock=clock)
+        taken = run_rounds(
+            todo, warmup=settings.warmup, repeat=settings.repeat,
+            min_time_s=settings.min_time_s, max_repeat=settings.max_repeat, sync=sync,
+            clock=clock, on_round=None if progress is None else
+            (lambda r, a=attempt, n=len(todo): progress(a + 1, r, n)))
         passes.append(load.stop(token))
         for key, values in taken.items():
             samples[key] = tuple(values)

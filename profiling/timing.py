@@ -165,15 +165,18 @@ def time_module(
 
 def measure_torch(components: Sequence[tuple[K, Callable[[], object]]], *, device: torch.device,
                   settings: ProtocolSettings, load: LoadProbe | None = None,
-                  reference: Collection[K] = ()) -> ProtocolResult[K]:
+                  reference: Collection[K] = (), clock: Callable[[], float] = time.perf_counter,
+                  progress: Callable[[int, int, int], None] | None = None
+                  ) -> ProtocolResult[K]:
     """The interleaved protocol (`profiling.protocol.measure`) on torch callables.
 
     Heap allocations kept (`keep_heap_allocations`), `inference_mode`, the device synchronized
     before every clock read; the load probe counts `torch.get_num_threads()` cores as this
-    measurement's own unless one is given.
+    measurement's own unless one is given. `clock` is injected by tests.
     """
     keep_heap_allocations()
     probe = load if load is not None else SystemLoadProbe(torch.get_num_threads())
     with torch.inference_mode():
         return measure(components, settings=settings, load=probe, reference=reference,
-                       sync=functools.partial(synchronize, device))
+                       sync=functools.partial(synchronize, device), clock=clock,
+                       progress=progress)
