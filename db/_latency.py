@@ -13,7 +13,7 @@ from db._common import aware, insert_or_get, parse_shape, shape_key
 from db.arrays import from_bytes, to_bytes
 from db.errors import StorageError
 from db.models import Device, Latency, Model, ProfileQuality, utcnow
-from db.records import LATENCY_KINDS, LatencyRecord, ProfileQualityRecord
+from db.records import LATENCY_KINDS, LATENCY_SOURCES, LatencyRecord, ProfileQualityRecord
 
 
 def latency_stats(samples_ms: np.ndarray) -> dict[str, float]:
@@ -35,7 +35,7 @@ def _record(row: Latency) -> LatencyRecord:
         p90_ms=row.p90_ms, p99_ms=row.p99_ms, max_ms=row.max_ms,
         samples_ms=from_bytes(row.samples_ms, np.float64, (row.n,)), gflops=row.gflops,
         params=row.params, created=aware(row.created), predicted_ms=row.predicted_ms,
-        noisy=bool(row.noisy), quality=row.quality,
+        noisy=bool(row.noisy), quality=row.quality, source=row.source or "measured",
     )
 
 
@@ -55,6 +55,7 @@ def upsert_latency(
     predicted_ms: float | None = None,
     noisy: bool = False,
     quality: dict[str, Any] | None = None,
+    source: str = "measured",
 ) -> LatencyRecord:
     """Store the timing samples of one component; a new measurement replaces the old one.
 
@@ -62,10 +63,13 @@ def upsert_latency(
     closed-loop check (the real cascade on one forced path) and needs `predicted_ms`, the sum of
     component estimates it was compared with; the components themselves take none. `noisy`
     marks a row stored although its profile failed the stability checks; `quality` keeps its
-    spread figures.
+    spread figures. `source` "predicted" marks a few-shot prediction (never a path check).
     """
     if kind not in LATENCY_KINDS:
         raise ValueError(f"kind must be one of {LATENCY_KINDS}, got {kind!r}")
+    if source not in LATENCY_SOURCES or (source == "predicted" and kind == "path"):
+        raise ValueError(f"source must be one of {LATENCY_SOURCES} (a path check is measured), "
+                         f"got {source!r}")
     if (kind == "path") != (predicted_ms is not None):
         raise ValueError("predicted_ms: needed for kind 'path' and only for it")
     if predicted_ms is not None and (not np.isfinite(predicted_ms) or predicted_ms < 0):
@@ -90,7 +94,8 @@ def upsert_latency(
     key = shape_key(input_shape)
     values = dict(latency_stats(x), samples_ms=to_bytes(x), gflops=float(gflops), params=int(params),
                   predicted_ms=None if predicted_ms is None else float(predicted_ms),
-                  noisy=bool(noisy), quality=None if quality is None else dict(quality))
+                  noisy=bool(noisy), quality=None if quality is None else dict(quality),
+                  source=source)
     row = Latency(
         model_id=model_id, device_id=device_id, kind=kind, name=name, input_shape=key,
         batch=batch, dtype=dtype, **values,
@@ -118,9 +123,16 @@ def load_latency(
     input_shape: Sequence[int] | None = None,
     batch: int | None = None,
     dtype: str | None = None,
+    include_predicted: bool = False,
 ) -> list[LatencyRecord]:
-    """Timings of a model on a device, optionally narrowed to one input shape, batch, dtype."""
+    """Timings of a model on a device, optionally narrowed to one input shape, batch, dtype.
+
+    Only measured rows unless `include_predicted`: a few-shot prediction is never returned
+    to a caller that did not ask for one.
+    """
     stmt = select(Latency).where(Latency.model_id == model_id, Latency.device_id == device_id)
+    if not include_predicted:
+        stmt = stmt.where(Latency.source == "measured")
     if input_shape is not None:
         stmt = stmt.where(Latency.input_shape == shape_key(input_shape))
     if batch is not None:

@@ -177,6 +177,8 @@ class Latency(Base):
     # row stored although the profile failed its stability checks (kept by an explicit flag).
     noisy: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     quality: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # "measured", or "predicted" (few-shot: `quality` holds the model and its CV error)
+    source: Mapped[str] = mapped_column(String(20), default="measured", server_default="measured")
 
 
 class ProfileQuality(Base):

@@ -22,6 +22,9 @@ FINAL_EXIT = "final"
 # component means it was compared with (`predicted_ms`).
 COMPONENT_KINDS = ("segment", "head", "decision", "final", "upsample")
 LATENCY_KINDS = (*COMPONENT_KINDS, "path")
+# A latency row is measured on the device, or predicted (few-shot, profiling.fewshot) from
+# other devices' profiles; predicted rows are only read by callers that ask for them.
+LATENCY_SOURCES = ("measured", "predicted")
 
 
 def _set(obj: object, name: str, value: object) -> None:
@@ -249,6 +252,11 @@ class LatencyRecord:
     predicted_ms: float | None = None  # kind "path" only: the summed component estimates
     noisy: bool = False  # stored although its profile failed the stability checks
     quality: dict[str, Any] | None = None  # spread figures (profiling.quality); None: older rows
+    source: str = "measured"  # or "predicted": `quality` then holds the model and its CV error
+
+    @property
+    def predicted(self) -> bool:
+        return self.source == "predicted"
 
     @property
     def estimate_ms(self) -> float:

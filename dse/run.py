@@ -102,7 +102,8 @@ def load_problem(s: Session, *, device: str, model: str | None) -> Problem:
     dev = repo.get_device(s, device)
     if model is None:
         timed = [m for m in repo.list_models(s)
-                 if repo.load_latency(s, model_id=m.id, device_id=dev.id)]
+                 if repo.load_latency(s, model_id=m.id, device_id=dev.id,
+                                      include_predicted=True)]
         if not timed:
             raise DseError(f"no model has a latency profile on device {dev.name!r}; run "
                            f"`dse profile --checkpoint CKPT --device {dev.name}`")
@@ -116,7 +117,8 @@ def load_problem(s: Session, *, device: str, model: str | None) -> Problem:
     if not profiles:
         raise DseError(f"model {mod.name!r} has no complete accuracy profile; run "
                        f"`dse profile --checkpoint CKPT --device {dev.name} --accuracy`")
-    latency = repo.load_latency(s, model_id=mod.id, device_id=dev.id)
+    # predicted (few-shot) rows count: the search says what it rests on (dse.trust)
+    latency = repo.load_latency(s, model_id=mod.id, device_id=dev.id, include_predicted=True)
     if not latency:
         raise DseError(f"model {mod.name!r} has no latency profile on device {dev.name!r}; run "
                        f"`dse profile --checkpoint CKPT --device {dev.name} --latency`")

@@ -1,7 +1,8 @@
 """What a device's latencies rest on: the profile's measured quality, read back from the store.
 
 The search adds up stored component latencies; whether that sum can be trusted is data too
-(`dse profile` stores it: spread, machine load, closed-loop gaps, rows kept although noisy). This
+(`dse profile` stores it: spread, machine load, closed-loop gaps, rows kept although noisy, rows
+predicted from other devices by a few-shot profile with their cross-validated error). This
 module reads it for one (model, device, input shape) and puts it in one line, for `dse pareto`
 (a warning), the report (next to the front) and `dse devices`.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -17,7 +19,8 @@ from db import repository as repo
 from db.records import CLOSED_LOOP_TOLERANCE, ProfileQualityRecord
 
 # status values, worst first
-NOISY, CLOSED_LOOP_FAILED, UNCHECKED, CHECKED = "noisy", "closed-loop failed", "unchecked", "checked"
+NOISY, PREDICTED, CLOSED_LOOP_FAILED = "noisy", "predicted", "closed-loop failed"
+UNCHECKED, CHECKED = "unchecked", "checked"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +32,9 @@ class LatencyTrust:
     figures: str
     noisy_rows: int = 0
     failing_paths: tuple[tuple[str, float], ...] = ()
+    predicted_rows: int = 0
+    components: int = 0
+    prediction: dict[str, Any] | None = None  # model, references, cv_error, cv_p90
 
     @property
     def warning(self) -> str | None:
@@ -38,6 +44,15 @@ class LatencyTrust:
             return (f"the latency profile of {self.device!r} was stored although noisy "
                     f"({self.noisy_rows} noisy row(s); {self.figures}); this front may be wrong: "
                     "re-profile on a quieter machine")
+        if self.status == PREDICTED:
+            p = self.prediction or {}
+            err = p.get("cv_error")
+            expected = (f"expected error {err:.0%} median, {p.get('cv_p90', err):.0%} p90 "
+                        f"(cross-validated on the {p.get('n_measured')} measured)"
+                        if err is not None else "error unknown: too few measured to cross-validate")
+            return (f"{self.predicted_rows} of {self.components} component latencies of "
+                    f"{self.device!r} are predicted by {p.get('model', '?')}, not measured; "
+                    f"{expected}; a full `dse profile` on the device replaces them")
         if self.status == CLOSED_LOOP_FAILED:
             gaps = ", ".join(f"{p} {g:+.0%}" for p, g in self.failing_paths)
             return (f"on {self.device!r} the real cascade differs from the summed component "
@@ -47,7 +62,8 @@ class LatencyTrust:
 
     def as_dict(self) -> dict[str, object]:
         return {"status": self.status, "figures": self.figures, "noisy_rows": self.noisy_rows,
-                "failing_paths": [{"path": p, "deviation": g} for p, g in self.failing_paths]}
+                "failing_paths": [{"path": p, "deviation": g} for p, g in self.failing_paths],
+                "predicted_rows": self.predicted_rows, "prediction": self.prediction}
 
 
 def latency_trust(s: Session, *, model_id: int, device_id: int,
@@ -55,8 +71,9 @@ def latency_trust(s: Session, *, model_id: int, device_id: int,
     """The trust status of the (model, device, input shape) latency profile."""
     device = repo.get_device(s, device_id).name
     shape = tuple(int(v) for v in input_shape)
-    rows = [r for r in repo.load_latency(s, model_id=model_id, device_id=device_id,
-                                         input_shape=shape)]
+    rows = repo.load_latency(s, model_id=model_id, device_id=device_id, input_shape=shape,
+                             include_predicted=True)
+    predicted = [r for r in rows if r.predicted]
     quality = [q for q in repo.list_profile_quality(s, model_id=model_id, device_id=device_id)
                if q.input_shape == shape]
     noisy = sum(r.noisy for r in rows)
@@ -66,6 +83,8 @@ def latency_trust(s: Session, *, model_id: int, device_id: int,
     figures = _figures(quality[-1]) if quality else "measured before quality checks existed"
     if noisy or any(q.noisy for q in quality):
         status = NOISY
+    elif predicted:
+        status = PREDICTED
     elif failing:
         status = CLOSED_LOOP_FAILED
     elif not quality:
@@ -73,7 +92,9 @@ def latency_trust(s: Session, *, model_id: int, device_id: int,
     else:
         status = CHECKED
     return LatencyTrust(device=device, status=status, figures=figures, noisy_rows=noisy,
-                        failing_paths=failing)
+                        failing_paths=failing, predicted_rows=len(predicted),
+                        components=sum(r.kind != "path" for r in rows),
+                        prediction=dict(predicted[0].quality or {}) if predicted else None)
 
 
 def _figures(q: ProfileQualityRecord) -> str:

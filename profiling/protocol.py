@@ -225,12 +225,15 @@ def measure(components: Sequence[tuple[K, Callable[[], object]]], *,
     todo = list(components)
     quality: dict[K, ComponentQuality] = {}
     for attempt in range(settings.max_remeasure + 1):
+        on_round: Callable[[int], None] | None = None
+        if progress is not None:
+            def on_round(rounds: int, a: int = attempt, n: int = len(todo),
+                         report: Callable[[int, int, int], None] = progress) -> None:
+                report(a + 1, rounds, n)
         token = load.start()
-        taken = run_rounds(
-            todo, warmup=settings.warmup, repeat=settings.repeat,
-            min_time_s=settings.min_time_s, max_repeat=settings.max_repeat, sync=sync,
-            clock=clock, on_round=None if progress is None else
-            (lambda r, a=attempt, n=len(todo): progress(a + 1, r, n)))
+        taken = run_rounds(todo, warmup=settings.warmup, repeat=settings.repeat,
+                           min_time_s=settings.min_time_s, max_repeat=settings.max_repeat,
+                           sync=sync, clock=clock, on_round=on_round)
         passes.append(load.stop(token))
         for key, values in taken.items():
             samples[key] = tuple(values)

@@ -111,3 +111,29 @@ def test_a_0002_store_upgrades_rows_are_measured_not_noisy(tmp_path) -> None:
         assert repo.list_profile_quality(s) == []
     engine.dispose()
     assert not noisy[0] and noisy[1] is None
+
+
+def test_predicted_rows_are_never_returned_as_measured(engine) -> None:
+    with session_scope(engine) as s:
+        m, d = _model_device(s)
+        for kind, source in (("segment", "measured"), ("head", "predicted")):
+            repo.upsert_latency(s, model_id=m, device_id=d, kind=kind, name="a/h",
+                                input_shape=SHAPE, batch=1, dtype="float32", samples_ms=[1.0],
+                                gflops=0.0, params=0, source=source,
+                                quality={"model": "scale(ref)"} if source == "predicted" else None)
+        with pytest.raises(ValueError, match="source"):
+            repo.upsert_latency(s, model_id=m, device_id=d, kind="path", name="final",
+                                input_shape=SHAPE, batch=1, dtype="float32", samples_ms=[1.0],
+                                gflops=0.0, params=0, predicted_ms=1.0, source="predicted")
+    with session_scope(engine) as s:
+        plain = repo.load_latency(s, model_id=m, device_id=d)
+        both = repo.load_latency(s, model_id=m, device_id=d, include_predicted=True)
+    assert [(r.kind, r.source) for r in plain] == [("segment", "measured")]
+    assert {(r.kind, r.predicted) for r in both} == {("segment", False), ("head", True)}
+    # a measurement under the same key replaces the prediction
+    with session_scope(engine) as s:
+        repo.upsert_latency(s, model_id=m, device_id=d, kind="head", name="a/h",
+                            input_shape=SHAPE, batch=1, dtype="float32", samples_ms=[2.0],
+                            gflops=0.0, params=0)
+        rows = repo.load_latency(s, model_id=m, device_id=d, include_predicted=True)
+    assert all(not r.predicted for r in rows) and len(rows) == 2
