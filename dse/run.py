@@ -23,6 +23,7 @@ from db.records import (
     SearchRunRecord,
 )
 from db.session import session_scope
+from db.trust import LatencyTrust, latency_trust
 from dse.constraints import Constraints, pick
 from dse.data import accuracy_from_records, cost_from_records
 from dse.errors import DseError
@@ -32,7 +33,6 @@ from dse.optuna_search import OptunaSearcher
 from dse.pareto import OBJECTIVES
 from dse.search import Progress, Searcher
 from dse.space import build_space
-from dse.trust import LatencyTrust, latency_trust
 
 METHODS = ("exhaustive", "optuna")
 
@@ -90,7 +90,7 @@ class StoredRun:
     run: SearchRunRecord
     candidates: list[CandidateRecord]
     chosen: int | None
-    trust: LatencyTrust | None = None  # what the latencies rest on (dse.trust)
+    trust: LatencyTrust | None = None  # what the latencies rest on (db.trust)
 
 
 def load_problem(s: Session, *, device: str, model: str | None) -> Problem:
@@ -117,7 +117,7 @@ def load_problem(s: Session, *, device: str, model: str | None) -> Problem:
     if not profiles:
         raise DseError(f"model {mod.name!r} has no complete accuracy profile; run "
                        f"`dse profile --checkpoint CKPT --device {dev.name} --accuracy`")
-    # predicted (few-shot) rows count: the search says what it rests on (dse.trust)
+    # predicted (few-shot) rows count: the search says what it rests on (db.trust)
     latency = repo.load_latency(s, model_id=mod.id, device_id=dev.id, include_predicted=True)
     if not latency:
         raise DseError(f"model {mod.name!r} has no latency profile on device {dev.name!r}; run "

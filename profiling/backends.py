@@ -3,12 +3,15 @@
 A latency measurement is (component, runtime, settings) -> samples. The latency pass
 (`profiling.latency.profile_latency`) never calls a network itself: a `TimingBackend` turns the
 network and one input into a `Workload` (the backbone segments as a chain, every other component
-as a zero-argument call bound to its real input, and the deployed cascade for the closed loop),
-and a `TimingProtocol` decides the order of runs and takes the samples. Torch eager
-(`TorchEager`) is the backend here; another runtime plugs in by implementing the same two
-methods. `InSequence` is today's protocol: the segments are timed inside whole backbone runs
-(each sees the caches the previous one left, as in the cascade), the other components one after
-the other, each with warm-up and repeats (`profiling.timing.run_protocol`).
+as a zero-argument call bound to its real input, the round order of the cascade, and the deployed
+cascade for the closed loop), and a `TimingProtocol` decides the order of runs and takes the
+samples, returning them with their quality (`profiling.protocol.ProtocolResult`). Torch eager
+(`TorchEager`) is the backend here; another runtime plugs in by implementing the same methods.
+`Interleaved` is the protocol the latency pass uses (`profiling.protocol`: every component once
+per round in cascade order, median estimate, spread and load checks, bounded re-measurement).
+`InSequence` is the older one (segments timed inside whole backbone runs, every other component
+to completion in turn), kept callable for `benchmarks/timing_under_load.py`; its samples get the
+same quality figures, so the same verdict applies.
 """
 
 from __future__ import annotations
@@ -21,19 +24,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from profiling.load import LoadProbe, SystemLoadProbe
+from profiling.protocol import ProtocolResult, assess, cascade_order, chain_calls
 from profiling.timing import (
     LatencyStats,
     TimingSettings,
+    measure_torch,
     run_protocol,
     synchronize,
     time_callable,
 )
+from training.heads import FINAL_EXIT
 
 if TYPE_CHECKING:
     from training.network import MessNetwork
 
 Key = tuple[str, str]  # (component kind, name), as stored: ("segment", "layer2.1")
-Measured = Callable[[Key, LatencyStats], None]
+RoundProgress = Callable[[int, int, int], None]  # (pass, rounds done, components in the pass)
 
 # Threshold the decision is timed with: its cost does not depend on the value.
 TIMING_TH_PIX = 0.9
@@ -50,16 +57,26 @@ class Workload:
         chain_input: the image batch the chain starts from.
         calls: every other component (head, decision, final, upsample) as a zero-argument
             call on its real input, keyed by (kind, name).
+        order: every key in the order one round runs them (`profiling.protocol.cascade_order`);
+            empty: segments first, then the calls.
     """
 
     device: torch.device
     chain: tuple[tuple[str, Callable[[Any], Any]], ...]
     chain_input: Any
     calls: Mapping[Key, Callable[[], object]] = field(default_factory=dict)
+    order: tuple[Key, ...] = ()
 
     def keys(self) -> list[Key]:
-        """Every component of the workload: segments first, in order, then the calls."""
+        """Every component of the workload, in round order."""
+        if self.order:
+            return list(self.order)
         return [("segment", name) for name, _ in self.chain] + list(self.calls)
+
+    def reference(self) -> list[Key]:
+        """The whole network: every segment, the final head and its upsampling."""
+        return [("segment", name) for name, _ in self.chain] + [
+            k for k in (("final", FINAL_EXIT), ("upsample", FINAL_EXIT)) if k in self.calls]
 
 
 class TimingBackend(Protocol):
@@ -85,16 +102,17 @@ class TimingBackend(Protocol):
 
 
 class TimingProtocol(Protocol):
-    """How samples are taken: order of runs, warm-up, repeats."""
+    """How samples are taken: order of runs, warm-up, repeats, and their quality."""
 
-    def measure(self, workload: Workload, keys: Sequence[Key], done: Measured) -> None:
-        """Take samples for each of `keys` (a subset of `workload.keys()`), calling `done(key,
-        stats)` as soon as a component's samples are complete (the latency pass commits each
-        one then, so an interrupted pass resumes where it stopped)."""
+    def measure(self, workload: Workload, keys: Sequence[Key], *,
+                progress: RoundProgress | None = None) -> ProtocolResult[Key]:
+        """Samples and quality of each of `keys` (a subset of `workload.keys()`)."""
         ...
 
-    def measure_call(self, call: Callable[[], object], device: torch.device) -> LatencyStats:
-        """Samples of one call on its own (a closed-loop path)."""
+    def measure_calls(self, calls: Sequence[tuple[str, Callable[[], object]]],
+                      device: torch.device, *, progress: RoundProgress | None = None
+                      ) -> ProtocolResult[str]:
+        """Samples and quality of whole calls (the closed loop's cascades), by name."""
         ...
 
 
@@ -138,31 +156,73 @@ class TorchEager:
                 calls[("decision", spec.id)] = partial(network.decision, logits, TIMING_TH_PIX)
                 calls[("upsample", spec.id)] = partial(network.upsample, logits, size)
         chain = tuple(zip(names, network.segments, strict=True))
-        return Workload(device=x.device, chain=chain, chain_input=x, calls=calls)
+        order = cascade_order(names, [(e.id, e.position) for e in network.exits], FINAL_EXIT)
+        return Workload(device=x.device, chain=chain, chain_input=x, calls=calls,
+                        order=tuple(order))
 
     def cascade_call(self, module: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
         return partial(module, x)
 
 
 @dataclass(frozen=True)
-class InSequence:
-    """Segments timed inside whole backbone runs; every other component alone, one after the
-    other. Warm-up, repeats and `min_time_s` as in `profiling.timing.run_protocol`."""
+class Interleaved:
+    """Every component once per round, in the cascade's order, many rounds (`profiling.protocol`).
+
+    `load` and `clock` are injected by tests (default: this machine, `time.perf_counter`).
+    """
 
     settings: TimingSettings = field(default_factory=TimingSettings)
+    load: LoadProbe | None = None
+    clock: Callable[[], float] = time.perf_counter
 
-    def measure(self, workload: Workload, keys: Sequence[Key], done: Measured) -> None:
+    def measure(self, workload: Workload, keys: Sequence[Key], *,
+                progress: RoundProgress | None = None) -> ProtocolResult[Key]:
+        wanted = set(keys)
+        with torch.inference_mode():
+            calls = {**chain_calls(workload.chain, workload.chain_input), **workload.calls}
+        order = workload.keys()
+        components = [(k, calls[k]) for k in order if k in wanted]
+        return measure_torch(components, device=workload.device, settings=self.settings,
+                             load=self.load, reference=workload.reference(), clock=self.clock,
+                             progress=progress)
+
+    def measure_calls(self, calls: Sequence[tuple[str, Callable[[], object]]],
+                      device: torch.device, *, progress: RoundProgress | None = None
+                      ) -> ProtocolResult[str]:
+        return measure_torch(list(calls), device=device, settings=self.settings, load=self.load,
+                             clock=self.clock, progress=progress)
+
+
+@dataclass(frozen=True)
+class InSequence:
+    """The older protocol: segments timed inside whole backbone runs, every other component
+    alone, one after the other, each with warm-up and repeats (`profiling.timing.run_protocol`).
+    No re-measurement; the samples are judged like the interleaved protocol's."""
+
+    settings: TimingSettings = field(default_factory=TimingSettings)
+    load: LoadProbe | None = None
+
+    def measure(self, workload: Workload, keys: Sequence[Key], *,
+                progress: RoundProgress | None = None) -> ProtocolResult[Key]:
+        probe = self.load or SystemLoadProbe(torch.get_num_threads())
+        token = probe.start()
         chained = (time_chain(workload, settings=self.settings)
                    if any(kind == "segment" for kind, _ in keys) else {})
+        samples: dict[Key, Sequence[float]] = {}
         for key in keys:
-            if key[0] == "segment":
-                done(key, chained[key])
-            else:
-                done(key, time_callable(workload.calls[key], device=workload.device,
-                                        settings=self.settings))
+            samples[key] = (chained[key] if key[0] == "segment" else time_callable(
+                workload.calls[key], device=workload.device, settings=self.settings)).samples_ms
+        return assess(samples, settings=self.settings, passes=(probe.stop(token),),
+                      reference=workload.reference())
 
-    def measure_call(self, call: Callable[[], object], device: torch.device) -> LatencyStats:
-        return time_callable(call, device=device, settings=self.settings)
+    def measure_calls(self, calls: Sequence[tuple[str, Callable[[], object]]],
+                      device: torch.device, *, progress: RoundProgress | None = None
+                      ) -> ProtocolResult[str]:
+        probe = self.load or SystemLoadProbe(torch.get_num_threads())
+        token = probe.start()
+        samples = {name: time_callable(call, device=device, settings=self.settings).samples_ms
+                   for name, call in calls}
+        return assess(samples, settings=self.settings, passes=(probe.stop(token),))
 
 
 def time_chain(workload: Workload, *, settings: TimingSettings) -> dict[Key, LatencyStats]:

@@ -3,9 +3,11 @@
 The search adds up stored component latencies. Here the deployed cascade (training.cascade's
 pruned `CascadeModule`, what `dse export` writes and `dse verify` times) runs end to end on a
 handful of forced paths (every image leaves at one kept exit, or none does and the final exit
-answers) and the measured time is compared with that sum. A deviation above 10% means the
-additive model is off on this device (launch overheads, caches, fusion) and the search's
-latencies should be read with care. The checks are stored as latency rows of kind "path".
+answers) and the measured time is compared with that sum, both as medians (the estimate the
+search uses, `profiling.quality`). The paths are timed with the same protocol as the components
+(interleaved: every path once per round). A gap above 10% means the additive model is off on this
+device (launch overheads, caches, fusion): the latency pass refuses to store the profile unless
+told to keep it (`profiling.verdict`). The checks are stored as latency rows of kind "path".
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from profiling.backends import TimingBackend, TimingProtocol
+from db.records import CLOSED_LOOP_TOLERANCE
+from profiling.backends import RoundProgress, TimingBackend, TimingProtocol
+from profiling.protocol import ProtocolResult
 from profiling.timing import LatencyStats
 from training.cascade import build_cascade_module
 from training.heads import FINAL_EXIT
@@ -25,12 +29,12 @@ from training.policy import ExitPolicy
 if TYPE_CHECKING:
     from training.network import MessNetwork
 
-WARN_DEVIATION = 0.10
+WARN_DEVIATION = CLOSED_LOOP_TOLERANCE
 
 
 @dataclass(frozen=True, kw_only=True)
 class PathCheck:
-    """One forced path: the exits run, the one taken, measured versus summed mean latency."""
+    """One forced path: the exits run, the one taken, measured versus summed latency (medians)."""
 
     exits: tuple[str, ...]
     taken: str
@@ -39,8 +43,8 @@ class PathCheck:
 
     @property
     def deviation(self) -> float:
-        """(measured - predicted) / measured; positive when the sum underestimates."""
-        return (self.measured.mean_ms - self.predicted_ms) / self.measured.mean_ms
+        """(measured - predicted) / measured, on medians; positive when the sum underestimates."""
+        return (self.measured.p50_ms - self.predicted_ms) / self.measured.p50_ms
 
     @property
     def name(self) -> str:
@@ -90,25 +94,25 @@ def path_components(network: MessNetwork, exits: tuple[str, ...], taken: str
     return parts
 
 
-def predicted_ms(network: MessNetwork, means_ms: dict[tuple[str, str], float],
+def predicted_ms(network: MessNetwork, estimates_ms: dict[tuple[str, str], float],
                  exits: tuple[str, ...], taken: str) -> float:
-    """Sum of component means for a path (`path_components`): what the search predicts."""
-    return sum(means_ms[key] for key in path_components(network, exits, taken))
+    """Sum of component estimates for a path (`path_components`): what the search predicts."""
+    return sum(estimates_ms[key] for key in path_components(network, exits, taken))
 
 
 def check_paths(
-    network: MessNetwork, x: torch.Tensor, means_ms: dict[tuple[str, str], float], *,
+    network: MessNetwork, x: torch.Tensor, estimates_ms: dict[tuple[str, str], float], *,
     paths: list[tuple[str, ...]], policy: ExitPolicy, backend: TimingBackend,
-    protocol: TimingProtocol, done: Callable[[PathCheck], None] | None = None,
-) -> list[PathCheck]:
-    """Time the deployed cascade on forced paths and compare with the summed component means.
+    protocol: TimingProtocol, progress: RoundProgress | None = None,
+) -> tuple[list[PathCheck], ProtocolResult[str]]:
+    """Time the deployed cascade on forced paths and compare with the summed component estimates.
 
     A path `(e,)` runs with th_pix tiny and th_img = 1: every pixel's top-1 probability is at
     least 1/C, so every image leaves at e. The empty path has no early exit (final answers).
     The cascade decides with `policy`, the stored accuracy profile's, as export and verify do.
-    `done(check)` is called after each path (the latency pass commits it then).
+    Returns the checks and the protocol's result (the paths' own spread and load).
     """
-    checks = []
+    calls: list[tuple[str, Callable[[], object]]] = []
     for exits in paths:
         module = build_cascade_module(
             network, exits=[*exits, FINAL_EXIT], th_pix=[_FORCE_TH_PIX] * len(exits), th_img=1.0,
@@ -116,14 +120,17 @@ def check_paths(
         )
         with torch.inference_mode():
             _, exit_index = module(x)
-        taken = module.exit_ids[int(exit_index[0])]
+        name = module.exit_ids[int(exit_index[0])]
         assert bool((exit_index == exit_index[0]).all()), f"forced path {exits} split the batch"
-        stats = protocol.measure_call(backend.cascade_call(module, x), x.device)
-        checks.append(PathCheck(exits=exits, taken=taken, measured=stats,
-                                predicted_ms=predicted_ms(network, means_ms, exits, taken)))
-        if done:
-            done(checks[-1])
-    return checks
+        calls.append((name, backend.cascade_call(module, x)))
+    result = protocol.measure_calls(calls, x.device, progress=progress)
+    checks = [
+        PathCheck(exits=exits, taken=name,
+                  measured=LatencyStats.from_samples(result.samples_ms[name]),
+                  predicted_ms=predicted_ms(network, estimates_ms, exits, name))
+        for exits, (name, _) in zip(paths, calls, strict=True)
+    ]
+    return checks, result
 
 
 _FORCE_TH_PIX = 1e-6

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from db import repository
 from db.records import CalibrationSetRecord, CandidateRecord, ModelRecord, SearchRunRecord
 from db.session import open_store, session_scope
+from db.trust import latency_trust
 from profiling.device import DTYPES, device_fingerprint, resolve_device
 from profiling.errors import ProfilingError
 from profiling.timing import TimingSettings
@@ -216,9 +217,20 @@ def run_verify(db: str, request: VerifyRequest, *,
     finally:
         torch.set_num_threads(previous)
     result = compare(Prediction.from_candidate(stored.candidate), measured, same_images=same)
+    if measured.latency_unstable:
+        warnings.append(
+            f"this verification's own timings were unstable on {measured.latency_unstable} of "
+            f"{measured.n_images} image(s) (largest spread {measured.latency_max_spread:.0%}, "
+            f"other processes used {measured.load.get('other_cores', 0.0):.2f} core(s)); its "
+            "latency comparison is as uncertain")
     engine = open_store(db)
     try:
         with session_scope(engine) as s:
+            trust = latency_trust(s, model_id=stored.run.model_id,
+                                  device_id=stored.run.device_id,
+                                  input_shape=stored.run.input_shape)
+            if trust.warning is not None:  # what the prediction rests on
+                warnings.append(trust.warning)
             repository.add_verification(
                 s, run_id=stored.run.id, candidate_index=stored.candidate.index,
                 device_id=stored.run.device_id, dataset=result.measured.dataset,

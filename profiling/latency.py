@@ -1,26 +1,30 @@
 """Latency profile: every candidate component timed on this machine, at one input shape.
 
-The backbone segments are timed in sequence, the way every cascade runs them: one run is the
-whole backbone from the image, with a sample taken around each segment, so a segment is timed
-with the caches the previous one left behind (a segment timed alone and repeated keeps its
-weights hot and looked ~10% cheaper than inside the cascade on a CPU). Each head is timed on its
+Components are timed with the interleaved protocol (`profiling.backends.Interleaved`, built on
+`profiling.protocol`): every round runs each component once, in the order the cascade runs them
+(per position: the segment, on the previous segment's fresh output, then each exit's head,
+decision and upsampling; then the tail, the final head and its upsampling), many rounds, so a
+burst of load hits every component alike; the estimate is the median. Each head is timed on its
 position's feature, each exit decision on its head's native logits, the final head on the tail
 output, and the bilinear upsampling of every exit's (and the final head's) native logits to the
-input size, which the cascade pays for the exit an image leaves at. One row per component is
-committed as soon as it is measured, keyed by (model, device fingerprint, kind, name, input
-shape, batch, dtype), so an interrupted run continues and a re-run measures only what is missing.
-The closed-loop checks that follow are stored too, one row of kind "path" each as it is done; a
-re-run that finds every component stored completes the checks that are missing.
+input size, which the cascade pays for the exit an image leaves at. The closed loop then times
+the deployed cascade on a few forced paths (same protocol) against the summed estimates.
 
-What runs the components and how samples are taken are injected (`profiling.backends`): torch
-eager and the in-sequence protocol by default.
+The run is judged (`profiling.verdict`): components still unstable after the protocol's bounded
+re-measurement, a pass during which other processes needed this process's cores, or a closed-
+loop gap above 10% refuse it (`UnstableProfileError`, nothing stored) unless `keep_noisy`, in
+which case its rows are stored marked noisy. Everything a run measured is stored in one
+transaction with its quality (`dse_profile_quality`), keyed by (model, device fingerprint,
+kind, name, input shape, batch, dtype); a re-run measures only what is missing or noisy.
+
+What runs the components and how samples are taken are injected (`profiling.backends`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from sqlalchemy import Engine
@@ -29,23 +33,20 @@ from db import repository
 from db.records import DeviceRecord
 from db.session import session_scope
 from profiling.backends import (
-    InSequence,
+    Interleaved,
+    Key,
     TimingBackend,
     TimingProtocol,
     TorchEager,
     Workload,
     time_chain,
 )
-from profiling.closed_loop import (
-    WARN_DEVIATION,
-    PathCheck,
-    check_paths,
-    choose_paths,
-    path_components,
-)
+from profiling.closed_loop import PathCheck, check_paths, choose_paths, path_components
 from profiling.device import device_fingerprint
 from profiling.errors import ProfilingError
+from profiling.protocol import ProtocolResult
 from profiling.timing import LatencyStats, TimingSettings
+from profiling.verdict import UnstableProfileError, Verdict, judge, row_quality
 from training.flops import network_components
 from training.heads import FINAL_EXIT
 from training.policy import ExitPolicy
@@ -53,7 +54,7 @@ from training.policy import ExitPolicy
 if TYPE_CHECKING:
     from training.network import MessNetwork
 
-ProgressFn = Callable[[int, int, str], None]  # (steps done, steps total, current step)
+ProgressFn = Callable[[int, int, str], None]  # (rounds done, rounds planned, current step)
 
 @dataclass(frozen=True, kw_only=True)
 class LatencySettings:
@@ -67,6 +68,8 @@ class LatencySettings:
     # True: every path; False: none.
     closed_loop: bool | None = None
     max_paths: int = 4
+    # Store a run that failed its checks (rows marked noisy) instead of refusing it.
+    keep_noisy: bool = False
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -92,6 +95,7 @@ class LatencyResult:
     skipped: tuple[str, ...]
     paths: tuple[PathCheck, ...] = ()
     warnings: tuple[str, ...] = ()
+    verdict: Verdict | None = None  # None: nothing was measured (everything stored already)
 
 
 def component_key(kind: str, name: str) -> str:
@@ -137,13 +141,18 @@ def time_segments_in_sequence(network: MessNetwork, x: torch.Tensor, *, device: 
     return {name: stats for (_, name), stats in time_chain(workload, settings=settings).items()}
 
 
-def register_device(engine: Engine, name: str, fingerprint: dict) -> tuple[DeviceRecord, list[str]]:
-    """Store the device; warn when this name was profiled before from another fingerprint."""
+def find_device(engine: Engine, name: str, fingerprint: dict
+                ) -> tuple[DeviceRecord | None, list[str]]:
+    """The stored device of this name and fingerprint (None: not yet), read only; warns when
+    this name was profiled before from another fingerprint."""
+    from db.repository import fingerprint_sha256
+
     warnings: list[str] = []
-    with session_scope(engine) as s:
+    sha = fingerprint_sha256(fingerprint)
+    with session_scope(engine, readonly=True) as s:
         known = [d for d in repository.list_devices(s) if d.name == name]
-        record = repository.upsert_device(s, name=name, fingerprint=fingerprint)
-    others = [d for d in known if d.fingerprint_sha256 != record.fingerprint_sha256]
+    record = next((d for d in known if d.fingerprint_sha256 == sha), None)
+    others = [d for d in known if d.fingerprint_sha256 != sha]
     if others:
         changed = sorted(
             k for k in set(fingerprint) | set(others[-1].fingerprint)
@@ -170,8 +179,8 @@ def profile_latency(
     protocol: TimingProtocol | None = None,
     progress: ProgressFn | None = None,
 ) -> LatencyResult:
-    """Time every candidate component not yet stored for this model, device and input shape,
-    then the closed-loop paths not yet checked.
+    """Time every candidate component not yet stored (or stored as noisy) for this model, device
+    and input shape, check the closed loop, judge the run, and store it all in one transaction.
 
     Args:
         engine: the store.
@@ -180,20 +189,22 @@ def profile_latency(
         device_name: the user's name for this machine (`jetson`, `laptop-cpu`).
         input_size: (H, W) of the profiled input.
         device: torch device to time on (CPU by default).
-        settings: batch, dtype, threads, timing effort, closed loop.
+        settings: batch, dtype, threads, timing effort, closed loop, keep_noisy.
         policy: the exit policy the closed loop's cascades decide with (the accuracy
             profile's; None: the network's own decision).
         backend: the runtime that runs the components (torch eager by default).
-        protocol: how samples are taken (`InSequence(settings.timing)` by default).
-        progress: called with (done, total, component key) after each component and path.
+        protocol: how samples are taken (`Interleaved(settings.timing)` by default).
+        progress: called with (rounds done, rounds planned, step) after each timed round.
 
     Raises:
         ProfilingError: an input size the network cannot take.
+        UnstableProfileError: the run failed its checks (`profiling.verdict`) and
+            `settings.keep_noisy` is False; nothing was stored.
     """
     settings = settings or LatencySettings()
     device = device or torch.device("cpu")
     backend = backend or TorchEager()
-    protocol = protocol or InSequence(settings.timing)
+    protocol = protocol or Interleaved(settings.timing)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
@@ -201,49 +212,59 @@ def profile_latency(
         check_input_size(network, input_size, device, settings.dtype)
         fingerprint = {**device_fingerprint(device, dtype=settings.dtype, threads=settings.threads),
                        **backend.fingerprint()}
-        record, warnings = register_device(engine, device_name, fingerprint)
+        record, warnings = find_device(engine, device_name, fingerprint)
         shape = (settings.batch, 3, *input_size)
-        with session_scope(engine) as s:
-            stored = {(r.kind, r.name) for r in repository.load_latency(
-                s, model_id=model_id, device_id=record.id, input_shape=shape)
-                if r.batch == settings.batch and r.dtype == settings.dtype_name}
+        rows = []
+        if record is not None:
+            with session_scope(engine, readonly=True) as s:
+                rows = [r for r in repository.load_latency(
+                    s, model_id=model_id, device_id=record.id, input_shape=shape,
+                    batch=settings.batch, dtype=settings.dtype_name)]
+        # rows stored as noisy are measured again: a quieter run replaces them
+        stored = {(r.kind, r.name): r for r in rows if not r.noisy}
         costs = {(c.kind, c.name): c for c in network_components(network, input_size)}
         torch.manual_seed(0)
         x = torch.randn(*shape, device=device, dtype=settings.dtype)
         workload = backend.workload(network, x)
         keys = workload.keys()
         missing = [key for key in keys if key not in stored]
-        paths = _paths_to_check(network, costs, settings, stored, measured_now=bool(missing))
-        total = len(missing) + len(paths)
-        measured: list[str] = []
+        paths = _paths_to_check(network, costs, settings, set(stored), measured_now=bool(missing))
+        planned = settings.timing.repeat
 
-        def component_done(key: tuple[str, str], stats: LatencyStats) -> None:
-            _store(engine, model_id, record.id, key[0], key[1], shape, settings, stats,
-                   costs[key])
-            measured.append(component_key(*key))
-            if progress:
-                progress(len(measured), total, component_key(*key))
+        def report(stage: str) -> Callable[[int, int, int], None] | None:
+            if progress is None:
+                return None
+            return lambda p, r, n: progress(r, planned, f"{stage} pass {p}: {n} timed")
 
-        if missing:
-            protocol.measure(workload, missing, component_done)
-        checks = _closed_loop(
-            engine, network, x, model_id=model_id, device_id=record.id, shape=shape,
-            settings=settings, paths=paths, costs=costs,
+        result = protocol.measure(workload, missing, progress=report("components")) \
+            if missing else None
+        estimates = {k: r.estimate_ms for k, r in stored.items()}
+        if result is not None:
+            estimates.update({k: result.estimate_ms(k) for k in missing})
+        checks, path_result = ([], None) if not paths else check_paths(
+            network, x, estimates, paths=paths,
             policy=policy if policy is not None else network.decision.policy,
-            backend=backend, protocol=protocol,
-            progress=(lambda i, name: progress(len(missing) + i, total, f"path:{name}"))
-            if progress else None,
-        )
-        warnings += [
-            f"the sum of component latencies is {abs(c.deviation):.0%} "
-            f"{'below' if c.deviation > 0 else 'above'} the measured cascade on path {c.name} "
-            f"({c.predicted_ms:.2f} ms vs {c.measured.mean_ms:.2f} ms); the search's latencies "
-            "are off by as much on this device"
-            for c in checks if abs(c.deviation) > WARN_DEVIATION
-        ]
+            backend=backend, protocol=protocol, progress=report("closed loop"))
+        verdict = None
+        if result is not None or checks:
+            verdict = judge(result, {c.name: c.deviation for c in checks}, paths=path_result)
+            if not verdict.ok and not settings.keep_noisy:
+                raise UnstableProfileError(
+                    f"{verdict.line()}; nothing stored: re-run on a quieter machine (fewer "
+                    "threads, other jobs stopped), or pass --keep-noisy to store it marked noisy")
+        if verdict is not None:
+            record = _store_run(engine, device_name, fingerprint, model_id=model_id,
+                                shape=shape, settings=settings, result=result,
+                                measured=missing, checks=checks, verdict=verdict,
+                                network=network, costs=costs)
+        elif record is None:  # nothing to measure and nothing stored: cannot happen
+            raise ProfilingError("the network has no component to time")
+        if verdict is not None and not verdict.ok:
+            warnings.append(f"{verdict.line()}; stored marked noisy (--keep-noisy)")
         skipped = tuple(component_key(k, n) for k, n in keys if (k, n) in stored)
-        return LatencyResult(device=record, measured=tuple(measured), skipped=skipped,
-                             paths=tuple(checks), warnings=tuple(warnings))
+        return LatencyResult(device=record, measured=tuple(component_key(*k) for k in missing),
+                             skipped=skipped, paths=tuple(checks), warnings=tuple(warnings),
+                             verdict=verdict)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -251,8 +272,7 @@ def profile_latency(
 def _paths_to_check(network: MessNetwork, costs: dict, settings: LatencySettings,
                     stored: set[tuple[str, str]], *, measured_now: bool) -> list[tuple[str, ...]]:
     """The closed-loop paths this run checks: all of them after new component timings (the
-    sums they are compared with changed), else those without a stored check, so a pass killed
-    between the component timings and the checks completes them on its next run.
+    sums they are compared with changed), else those without a stored check.
     `settings.closed_loop` True checks every path, False none."""
     if settings.closed_loop is False:
         return []
@@ -263,57 +283,40 @@ def _paths_to_check(network: MessNetwork, costs: dict, settings: LatencySettings
     return [p for p in paths if ("path", p[0] if p else FINAL_EXIT) not in stored]
 
 
-def _closed_loop(engine: Engine, network: MessNetwork, x: torch.Tensor, *, model_id: int,
-                 device_id: int, shape: tuple[int, ...], settings: LatencySettings,
-                 paths: list[tuple[str, ...]], costs: dict, policy: ExitPolicy,
-                 backend: TimingBackend, protocol: TimingProtocol,
-                 progress: Callable[[int, str], None] | None) -> list[PathCheck]:
-    """Check each path against the stored component means; commit each check as it is done."""
-    if not paths:
-        return []
+def _store_run(engine: Engine, device_name: str, fingerprint: dict, *, model_id: int,
+               shape: tuple[int, ...], settings: LatencySettings,
+               result: ProtocolResult[Key] | None, measured: list[Key], checks: list[PathCheck],
+               verdict: Verdict, network: MessNetwork, costs: dict) -> DeviceRecord:
+    """The device, every component measured now, the path checks and the run's quality, in one
+    transaction: a refused or interrupted run leaves nothing half-written."""
+    noisy = not verdict.ok
     with session_scope(engine) as s:
-        rows = repository.load_latency(s, model_id=model_id, device_id=device_id,
-                                       input_shape=shape, batch=settings.batch,
-                                       dtype=settings.dtype_name)
-    means = {(r.kind, r.name): r.mean_ms for r in rows}
-    checks: list[PathCheck] = []
-
-    def path_done(check: PathCheck) -> None:
-        _store_path(engine, model_id, device_id, shape, settings, check, network, costs)
-        checks.append(check)
-        if progress:
-            progress(len(checks), check.name)
-
-    check_paths(network, x, means, paths=paths, policy=policy, backend=backend,
-                protocol=protocol, done=path_done)
-    return checks
-
-
-def _store_path(engine: Engine, model_id: int, device_id: int, shape: tuple[int, ...],
-                settings: LatencySettings, check: PathCheck, network: MessNetwork,
-                costs: dict) -> None:
-    """One closed-loop check as a latency row of kind "path" (name: the exit taken); a later
-    check of the same path replaces it."""
-    parts = [costs.get(key) for key in path_components(network, check.exits, check.taken)]
-    with session_scope(engine) as s:
-        repository.upsert_latency(
-            s, model_id=model_id, device_id=device_id, kind="path", name=check.taken,
-            input_shape=shape, batch=settings.batch, dtype=settings.dtype_name,
-            samples_ms=list(check.measured.samples_ms),
-            gflops=float(sum(c.gflops for c in parts if c is not None)),
-            params=int(sum(c.params for c in parts if c is not None)),
-            predicted_ms=float(check.predicted_ms),
-        )
-
-
-def _store(engine: Engine, model_id: int, device_id: int, kind: str, name: str,
-           shape: tuple[int, ...], settings: LatencySettings, stats: LatencyStats,
-           cost) -> None:
-    with session_scope(engine) as s:  # one transaction per component: resumable
-        repository.upsert_latency(
-            s, model_id=model_id, device_id=device_id, kind=kind, name=name,
-            input_shape=shape, batch=settings.batch, dtype=settings.dtype_name,
-            samples_ms=list(stats.samples_ms),
-            gflops=float(cost.gflops) if cost is not None else 0.0,
-            params=int(cost.params) if cost is not None else 0,
-        )
+        record = repository.upsert_device(s, name=device_name, fingerprint=fingerprint)
+        common: dict[str, Any] = dict(model_id=model_id, device_id=record.id,
+                                      input_shape=shape, batch=settings.batch,
+                                      dtype=settings.dtype_name)
+        for key in measured:
+            assert result is not None
+            cost = costs.get(key)
+            repository.upsert_latency(
+                s, **common, kind=key[0], name=key[1], samples_ms=list(result.samples_ms[key]),
+                gflops=float(cost.gflops) if cost is not None else 0.0,
+                params=int(cost.params) if cost is not None else 0,
+                noisy=noisy, quality=row_quality(result, key))
+        for check in checks:
+            parts = [costs.get(k) for k in path_components(network, check.exits, check.taken)]
+            repository.upsert_latency(
+                s, **common, kind="path", name=check.taken,
+                samples_ms=list(check.measured.samples_ms),
+                gflops=float(sum(c.gflops for c in parts if c is not None)),
+                params=int(sum(c.params for c in parts if c is not None)),
+                predicted_ms=float(check.predicted_ms), noisy=noisy)
+        quality = dict(verdict.quality)
+        if result is None:  # only paths checked now: keep the components' figures
+            previous = [q for q in repository.list_profile_quality(
+                s, model_id=model_id, device_id=record.id) if q.input_shape == tuple(shape)
+                and q.batch == settings.batch and q.dtype == settings.dtype_name]
+            if previous:
+                quality = {**previous[-1].quality, "closed_loop": quality["closed_loop"]}
+        repository.upsert_profile_quality(s, **common, noisy=noisy, quality=quality)
+    return record

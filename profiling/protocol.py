@@ -248,6 +248,17 @@ def measure(components: Sequence[tuple[K, Callable[[], object]]], *,
                           passes=tuple(passes), settings=settings)
 
 
+def assess(samples_ms: Mapping[K, Sequence[float]], *, settings: ProtocolSettings,
+           passes: Sequence[PassLoad], reference: Collection[K] = ()) -> ProtocolResult[K]:
+    """Judge samples taken some other way (the older protocol) like `measure` judges its own:
+    one pass, no re-measurement; a contended pass makes every component unstable."""
+    samples = {k: tuple(float(v) for v in values) for k, values in samples_ms.items()}
+    contended = {k: bool(passes and passes[-1].contended) for k in samples}
+    return ProtocolResult(samples_ms=samples,
+                          quality=_assess(list(samples), samples, contended, settings, reference),
+                          passes=tuple(passes), settings=settings)
+
+
 def _assess(keys: list[K], samples: Mapping[K, tuple[float, ...]], contended: Mapping[K, bool],
             settings: ProtocolSettings, reference: Collection[K]) -> dict[K, ComponentQuality]:
     total = sum(float(np.median(samples[k])) for k in reference if k in samples)

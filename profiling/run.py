@@ -4,8 +4,8 @@ One profile is: register the model and its exits, the accuracy pass (once per mo
 calibration set), the latency pass on this machine (components, then the closed-loop checks),
 and the per-exit path summary. Everything the user could get wrong (checkpoint, input size,
 data, CUDA, dtype) is checked before the store is opened, so a mistake leaves nothing written.
-Every unit of work is committed as it is done, so a killed run resumes where it stopped,
-closed-loop checks included.
+Every unit of work is committed as it is done (accuracy chunks; the latency pass as one
+transaction once judged, `profiling.latency`), so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from training.network import MessNetwork
 
 # (pass, done, total or None while unknown, current step): "accuracy" counts images,
-# "latency" counts components and closed-loop paths.
+# "latency" counts timed rounds of the current pass (components, re-measurements, closed loop).
 ProfileProgress = Callable[[str, int, int | None, str], None]
 
 
@@ -59,7 +59,9 @@ class ProfileRequest:
         name: model name in the store (None: the checkpoint's file name).
         policy: the exit policy to profile (None: the network's own decision, the default).
         backend, protocol: timing backend and protocol of the latency pass (None: torch eager,
-            in sequence).
+            interleaved with `timing`).
+        keep_noisy: store a latency run that failed its checks (rows marked noisy) instead of
+            refusing it (`profiling.verdict.UnstableProfileError`, nothing stored).
     """
 
     checkpoint: Path
@@ -81,6 +83,7 @@ class ProfileRequest:
     policy: ExitPolicy | None = None
     backend: TimingBackend | None = None
     protocol: TimingProtocol | None = None
+    keep_noisy: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))
@@ -177,7 +180,8 @@ def run_profile(db: str, request: ProfileRequest, *,
                                 split=request.split, input_size=size, size=request.limit)
         check_compatible(network, dataset)
     lat_settings = LatencySettings(batch=request.batch, dtype=torch_dtype, timing=request.timing,
-                                   threads=request.threads or torch.get_num_threads())
+                                   threads=request.threads or torch.get_num_threads(),
+                                   keep_noisy=request.keep_noisy)
     engine = open_store(db, create=True)
     try:
         model_id, costs = register_model(engine, network, request.name or request.checkpoint.stem,
@@ -206,8 +210,7 @@ def run_profile(db: str, request: ProfileRequest, *,
                 if progress else None,
             )
             if progress:
-                steps = len(latency.measured) + len(latency.paths)
-                progress("latency", steps, steps, "done")
+                progress("latency", request.timing.repeat, request.timing.repeat, "done")
             p50 = _stored_p50(engine, model_id, latency, (request.batch, 3, *size), lat_settings)
     finally:
         engine.dispose()

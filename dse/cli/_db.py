@@ -116,7 +116,7 @@ def devices_command(
 def _device_quality(s: Any, device_id: int) -> list[dict[str, Any]]:
     """Per latency profile of the device that recorded its quality: status and figures."""
     from db import repository as repo
-    from dse.trust import latency_trust
+    from db.trust import latency_trust
 
     out = []
     for q in repo.list_profile_quality(s, device_id=device_id):

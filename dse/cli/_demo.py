@@ -4,6 +4,11 @@ Train a small MESS network (both stages) on the procedural dataset, profile its 
 and this CPU's latency as two devices (all cores, one thread), search both, write one report
 that overlays the two fronts. Every step reuses what the store and the output folder already
 hold, so a second run finishes in seconds.
+
+The latency profiles use the same protocol and checks as `dse profile`: on a busy machine a
+device whose timings cannot be trusted is left out with one line that says why (or, with
+`--keep-noisy`, stored marked noisy and shown as such in the report); if no device can be
+measured the demo stops there (exit 3).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class DemoPlan:
     repeat: int = 20
     seed: int = 0
     compute: str = "cpu"
+    keep_noisy: bool = False  # store untrustworthy latency profiles, marked noisy
 
 
 def _check_out_dir(out: Path) -> None:
@@ -91,11 +97,12 @@ def _train(plan: DemoPlan, checkpoint: Path) -> None:
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for the checkpoint and report.html.")] = Path("dse-demo"),
+    keep_noisy: Annotated[bool, typer.Option("--keep-noisy", help="Keep latency profiles that fail their stability checks, marked noisy.")] = False,
     db: DbOption = DEFAULT_DB,
     compute: ComputeOption = "cpu",
 ) -> None:
     """Run the whole pipeline on built-in data and this CPU: train, profile, search, report."""
-    run_demo(DemoPlan(compute=compute), out=out, db=db)
+    run_demo(DemoPlan(compute=compute, keep_noisy=keep_noisy), out=out, db=db)
 
 
 def run_demo(plan: DemoPlan, *, out: Path, db: str) -> Path:
@@ -110,6 +117,7 @@ def run_demo(plan: DemoPlan, *, out: Path, db: str) -> Path:
     from dse.run import SearchRequest, run_search
     from profiling.run import ProfileRequest, run_profile
     from profiling.timing import TimingSettings
+    from profiling.verdict import UnstableProfileError
 
     _check_out_dir(out)
     report_path = out / "report.html"
@@ -123,17 +131,31 @@ def run_demo(plan: DemoPlan, *, out: Path, db: str) -> Path:
     threads = torch.get_num_threads()
     devices = _device_names(threads, plan.compute)
     model_name = "demo-" + plan.arch
+    measured: list[str] = []
+    refusals: list[str] = []
     for step, (name, n) in enumerate(devices):
         console.rule(f"2/4 profile: {'accuracy once, then ' if step == 0 else ''}latency on {name}")
         request = ProfileRequest(
             checkpoint=checkpoint, device=name, data="synthetic", split="calib",
             limit=plan.calib_size, accuracy=step == 0, latency=True, compute=plan.compute,
             dtype="float32", threads=n, timing=TimingSettings(warmup=3, repeat=plan.repeat),
-            batch=1, batch_size=16, name=model_name,
+            batch=1, batch_size=16, name=model_name, keep_noisy=plan.keep_noisy,
         )
-        with ProfileBars() as bars:
-            outcome = run_profile(db, request, progress=bars.advance)
+        try:
+            with ProfileBars() as bars:
+                outcome = run_profile(db, request, progress=bars.advance)
+        except UnstableProfileError as exc:
+            refusals.append(f"{name}: {exc}")
+            err_console.print(f"could not measure {name}, left out of the search: {exc}",
+                              markup=False, highlight=False, soft_wrap=True)
+            continue
         print_profile(outcome, json_output=False)
+        measured.append(name)
+    if not measured:
+        raise UnstableProfileError(
+            "the machine is too busy for trustworthy latencies on any demo device "
+            f"({'; '.join(refusals)}); stop other jobs and re-run, or pass --keep-noisy")
+    devices = tuple((name, n) for name, n in devices if name in measured)
 
     console.rule("3/4 search: exhaustive Pareto fronts per device")
     url = parse_url(db).render_as_string(hide_password=False)

@@ -62,7 +62,7 @@ def verify_command(
     = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="First N images only.")]
     = None,
-    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed runs per image.")] = 5,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed rounds over the images (each image once per round).")] = 5,
     force: Annotated[bool, typer.Option("--force", help="Run on another device anyway.")]
     = False,
     compute: Annotated[
@@ -116,6 +116,12 @@ def _print_report(run: int, candidate: int, result: Any) -> None:
                       str(m.exit_counts.get(exit_id, 0)), f"{diff:+d}",
                       _verdict(result.exits_ok))
     console.print(table)
+    load = m.load or {}
+    console.print(f"timing: interleaved rounds over the images, median per image; spread "
+                  f"(IQR / median) {m.latency_spread:.1%} median, {m.latency_max_spread:.1%} "
+                  f"largest, {m.latency_unstable} unstable image(s); other processes used "
+                  f"{load.get('other_cores', 0.0):.2f} core(s)"
+                  + (f", load average {load['load_1m']:.2f}" if load.get("load_1m") else ""))
     if not result.same_images:
         console.print("mIoU and exit rates are not expected to match on another split: "
                       "the difference shows how well the configuration generalises.")

@@ -23,6 +23,7 @@ from dse.cli._app import (
     err_console,
     parse_input_size,
 )
+from dse.errors import DseError
 
 if TYPE_CHECKING:
     from profiling.run import ProfileOutcome
@@ -62,9 +63,12 @@ def profile_command(
     compute: ComputeOption = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="float32, or float16 on CUDA.")] = "float32",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads (default: torch's).")] = None,
-    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed runs per component.")] = 20,
-    min_time: Annotated[float, typer.Option("--min-time", min=0.0, help="At least this many seconds per component.")] = 0.0,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 3,
+    repeat: Annotated[int, typer.Option("--repeat", help="Timed rounds (every component once per round, in cascade order).")] = 20,
+    min_time: Annotated[float, typer.Option("--min-time", help="Keep taking rounds until their timed work adds up to this many seconds.")] = 0.0,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed rounds first.")] = 3,
+    stability: Annotated[float, typer.Option("--stability-threshold", help="Largest allowed spread of a component's runs, IQR / median, in (0, 1).")] = 0.10,
+    remeasure: Annotated[int, typer.Option("--remeasure", help="Extra passes over unstable components before giving up.")] = 2,
+    keep_noisy: Annotated[bool, typer.Option("--keep-noisy", help="Store a run that failed its stability or closed-loop checks, marked noisy, instead of refusing it.")] = False,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size of the latency profile.")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward in the accuracy pass.")] = 8,
     name: Annotated[str | None, typer.Option("--name", help="Model name in the store (default: checkpoint file name).")] = None,
@@ -73,18 +77,38 @@ def profile_command(
 ) -> None:
     """Profile a checkpoint: accuracy on a calibration split, then latency on this machine."""
     from profiling.run import ProfileRequest, run_profile
-    from profiling.timing import TimingSettings
 
     request = ProfileRequest(
         checkpoint=checkpoint, device=device, data=data, data_root=data_root, split=split,
         limit=limit, input_size=parse_input_size(input_size) if input_size else None,
         accuracy=accuracy, latency=latency, compute=compute, dtype=dtype, threads=threads,
-        timing=TimingSettings(warmup=warmup, repeat=repeat, min_time_s=min_time), batch=batch,
-        batch_size=batch_size, name=name,
+        timing=timing_settings(warmup=warmup, repeat=repeat, min_time=min_time,
+                               stability=stability, remeasure=remeasure),
+        batch=batch, batch_size=batch_size, name=name, keep_noisy=keep_noisy,
     )
     with ProfileBars() as bars:
         outcome = run_profile(db, request, progress=bars.advance)
     print_profile(outcome, json_output=json_output)
+
+
+_TIMING_OPTIONS = {"warmup": "--warmup", "repeat": "--repeat", "min_time_s": "--min-time",
+                   "threshold": "--stability-threshold", "max_remeasure": "--remeasure"}
+
+
+def timing_settings(*, warmup: int, repeat: int, min_time: float, stability: float,
+                    remeasure: int) -> Any:
+    """The protocol's settings from the options; a bad value is one line naming the option."""
+    from profiling.timing import TimingSettings
+
+    given: dict[str, Any] = {"warmup": warmup, "repeat": repeat, "min_time_s": min_time,
+                             "threshold": stability, "max_remeasure": remeasure}
+    try:
+        return TimingSettings(**given)
+    except ValueError as exc:
+        field, _, why = str(exc).partition(":")
+        field = field.strip()
+        raise DseError(f"{_TIMING_OPTIONS.get(field, field)}:{why} (got {given.get(field)})"
+                       ) from exc
 
 
 class ProfileBars:
@@ -115,6 +139,8 @@ def print_profile(outcome: ProfileOutcome, *, json_output: bool) -> None:
     lat = outcome.latency
     for warning in lat.warnings if lat else ():
         err_console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+    if lat is not None and lat.verdict is not None and lat.verdict.ok and not json_output:
+        console.print(lat.verdict.line(what="latency measurement"))
     measured = outcome.accuracy.measured_samples if outcome.accuracy else None
     _report([r.as_dict() for r in outcome.rows], lat, outcome.device, json_output,
             accuracy_measured=measured)
@@ -123,7 +149,7 @@ def print_profile(outcome: ProfileOutcome, *, json_output: bool) -> None:
 def _report(rows: list[dict], lat: Any, device: str, json_output: bool, *,
             accuracy_measured: int | None) -> None:
     paths = [
-        {"path": c.name, "taken": c.taken, "measured_ms": c.measured.mean_ms,
+        {"path": c.name, "taken": c.taken, "measured_ms": c.measured.p50_ms,
          "predicted_ms": c.predicted_ms, "deviation": c.deviation}
         for c in (lat.paths if lat else ())
     ]
@@ -132,7 +158,9 @@ def _report(rows: list[dict], lat: Any, device: str, json_output: bool, *,
             "device": device, "accuracy_measured_images": accuracy_measured,
             "latency_measured": len(lat.measured) if lat else None,
             "latency_skipped": len(lat.skipped) if lat else None,
-        }, sort_keys=True))
+            "latency_quality": None if lat is None or lat.verdict is None else {
+                "ok": lat.verdict.ok, "line": lat.verdict.line(), **lat.verdict.quality},
+        }, sort_keys=True, default=str))
         for row in rows:
             typer.echo(json.dumps({"device": device, **row}, sort_keys=True))
         for path in paths:
@@ -145,7 +173,7 @@ def _report(rows: list[dict], lat: Any, device: str, json_output: bool, *,
                       f"{len(lat.measured)} component(s), {len(lat.skipped)} already stored")
     _print_table(rows, device)
     if paths:
-        table = Table(title="closed loop: real cascade vs sum of components (mean ms)")
+        table = Table(title="closed loop: real cascade vs sum of components (median ms)")
         for col in ("path", "measured", "predicted", "deviation"):
             table.add_column(col, justify="left" if col == "path" else "right")
         for p in paths:

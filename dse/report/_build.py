@@ -14,11 +14,11 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from db.errors import StorageError
+from db.trust import latency_trust
 from dse.errors import DseError
 from dse.report._data import kept_exits
 from dse.report._html import render_report
 from dse.report._model import ConfidenceData, ReportData, RunData
-from dse.trust import latency_trust
 
 
 def _confidence(session: Session, profile_id: int,

@@ -13,7 +13,7 @@ from datetime import datetime
 import numpy as np
 
 from db.records import CandidateRecord, SearchRunRecord, VerificationRecord
-from dse.trust import LatencyTrust
+from db.trust import LatencyTrust
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -72,7 +72,7 @@ class RunData:
     verifications: tuple[VerificationRecord, ...] = ()
     confidence: ConfidenceData | None = None
     confidence_note: str = ""  # why `confidence` is None, shown on the page
-    trust: LatencyTrust | None = None  # the device profile's measured quality (dse.trust)
+    trust: LatencyTrust | None = None  # the device profile's measured quality (db.trust)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "candidates", tuple(self.candidates))

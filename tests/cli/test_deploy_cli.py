@@ -36,7 +36,7 @@ def searched(tmp_path_factory):
     db = f"sqlite:///{root / 'store.db'}"
     assert main(["profile", "--checkpoint", str(ckpt), "--device", "box", "--data", "synthetic",
                  "--limit", "8", "--repeat", "2", "--warmup", "0", "--threads", "1",
-                 "--db", db, "--json"]) == 0
+                 "--keep-noisy", "--db", db, "--json"]) == 0
     # Low pixel thresholds: a random network is unconfident, and the test needs early exits.
     assert main(["pareto", "--device", "box", "--th-pix", "0.2,0.25", "--th-img", "0.2,0.5,0.95",
                  "--db", db, "--json"]) == 0

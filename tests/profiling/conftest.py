@@ -49,3 +49,52 @@ def model_id(engine, tiny_network) -> int:
             s, name="tiny", arch=tiny_network.arch, architecture=describe_network(tiny_network),
             weights_sha256=digest.hexdigest(), num_classes=tiny_network.num_classes,
         ).id
+
+
+class ConvClock:
+    """Virtual time: every Conv2d call anywhere costs 1 ms, nothing else costs anything.
+
+    A component's samples are then exact and identical run to run, and a deployed cascade costs
+    exactly the sum of its components (the same convolutions run), so a latency pass judged
+    with this clock is stable and closes its loop whatever the machine is doing.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def hook(self, module: torch.nn.Module, args: object, output: object) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            self.now += 1e-3
+
+
+class QuietLoad:
+    """A load probe that reports an idle machine."""
+
+    def start(self) -> None:
+        return None
+
+    def stop(self, token: None):
+        from profiling.load import PassLoad
+
+        return PassLoad(wall_s=1.0, other_cores=0.0, free_cores=1.0, load_1m=0.1,
+                        cpu_mhz=None, contended=False)
+
+
+@pytest.fixture
+def conv_clock():
+    clock = ConvClock()
+    handle = torch.nn.modules.module.register_module_forward_hook(clock.hook)
+    yield clock
+    handle.remove()
+
+
+@pytest.fixture
+def virtual_timing(conv_clock):
+    """The interleaved protocol on virtual time and an idle machine (3 rounds, no warm-up)."""
+    from profiling.backends import Interleaved
+    from profiling.timing import TimingSettings
+
+    return Interleaved(TimingSettings(warmup=0, repeat=3), load=QuietLoad(), clock=conv_clock)

@@ -57,7 +57,9 @@ def test_round_order_is_the_cascade_order(tiny_network) -> None:
     expected = [(k, "?" if k == "decision" else n) for k, n in order if k != "upsample"]
     assert calls == expected
     full = cascade_order(_segments(net), [(e.id, e.position) for e in net.exits])
-    assert len(full) == len(set(full)) == len(net.components((32, 32)))
+    from training.flops import network_components
+
+    assert len(full) == len(set(full)) == len(network_components(net, (32, 32)))
 
 
 def test_unknown_position_is_refused() -> None:

@@ -68,38 +68,61 @@ def _expected_paths(checkpoint) -> list[str]:
     return sorted(p[0] if p else "final" for p in choose_paths(network, heads))
 
 
-def test_a_kill_between_component_timings_and_checks_is_completed_on_resume(tmp_path,
-                                                                             checkpoint) -> None:
+def _latency_rows(db: str) -> int:
+    engine = open_store(db)
+    try:
+        with session_scope(engine, readonly=True) as s:
+            return sum(len(repository.load_latency(s, model_id=m.id, device_id=d.id))
+                       for m in repository.list_models(s) for d in repository.list_devices(s))
+    finally:
+        engine.dispose()
+
+
+def test_a_kill_during_the_latency_pass_leaves_nothing_half_written(tmp_path, checkpoint,
+                                                                    virtual_timing) -> None:
+    """The latency pass is judged as a whole (components and closed loop) before anything is
+    stored, so a kill anywhere in it stores nothing; the next run measures it whole."""
     db = str(tmp_path / "store.db")
     expected = _expected_paths(checkpoint)
-    # Killed right after the last component was committed, before any closed-loop check.
-    last_component = _kill_at(lambda done, total, step: total is not None and not
-                              step.startswith("path:") and done == total - len(expected))
     with pytest.raises(Killed):
-        run_profile(db, _request(checkpoint, accuracy=False), progress=last_component)
-    assert _path_rows(db) == []
-    outcome = run_profile(db, _request(checkpoint, accuracy=False))
-    assert outcome.latency is not None and outcome.latency.measured == ()
+        run_profile(db, _request(checkpoint, accuracy=False, protocol=virtual_timing),
+                    progress=_kill_at(lambda done, total, step: step.startswith("closed loop")))
+    assert _path_rows(db) == [] and _latency_rows(db) == 0
+    outcome = run_profile(db, _request(checkpoint, accuracy=False,
+                                       protocol=virtual_timing))
+    assert outcome.latency is not None and outcome.latency.verdict is not None
+    assert outcome.latency.verdict.ok  # virtual time: stable, and the loop closes exactly
+    assert all(c.deviation == pytest.approx(0.0, abs=1e-9) for c in outcome.latency.paths)
     assert sorted(c.taken for c in outcome.latency.paths) == expected
     assert _path_rows(db) == expected
     # Complete now: a third run measures and checks nothing.
-    again = run_profile(db, _request(checkpoint, accuracy=False))
+    again = run_profile(db, _request(checkpoint, accuracy=False, protocol=virtual_timing))
     assert again.latency is not None and again.latency.measured == () and again.latency.paths == ()
 
 
-def test_a_kill_between_two_checks_keeps_the_first_and_checks_the_rest(tmp_path,
-                                                                       checkpoint) -> None:
+def test_a_closed_loop_gap_refuses_the_profile(tmp_path, checkpoint, virtual_timing,
+                                               monkeypatch) -> None:
+    """The cascade pays an extra convolution the components do not: a 1 ms gap per path."""
+    import profiling.closed_loop as closed_loop
+    from profiling.verdict import UnstableProfileError
+
+    real = closed_loop.build_cascade_module
+
+    def slower(*args, **kwargs):
+        module = real(*args, **kwargs)
+        extra = torch.nn.Conv2d(1, 1, 1)
+
+        def pay(*_: object) -> None:
+            extra(torch.zeros(1, 1, 1, 1))
+
+        module.register_forward_pre_hook(pay)
+        return module
+
+    monkeypatch.setattr(closed_loop, "build_cascade_module", slower)
     db = str(tmp_path / "store.db")
-    expected = _expected_paths(checkpoint)
-    with pytest.raises(Killed):
-        run_profile(db, _request(checkpoint, accuracy=False),
-                    progress=_kill_at(lambda done, total, step: step.startswith("path:")))
-    first = _path_rows(db)
-    assert len(first) == 1
-    outcome = run_profile(db, _request(checkpoint, accuracy=False))
-    assert outcome.latency is not None
-    assert sorted(c.taken for c in outcome.latency.paths) == sorted(set(expected) - set(first))
-    assert _path_rows(db) == expected
+    with pytest.raises(UnstableProfileError, match="closed-loop gap beyond 10%"):
+        run_profile(db, _request(checkpoint, accuracy=False, protocol=virtual_timing))
+    assert _latency_rows(db) == 0
 
 
 def test_nothing_to_do_is_refused_before_the_store_is_created(tmp_path, checkpoint) -> None:
@@ -112,7 +135,7 @@ def test_nothing_to_do_is_refused_before_the_store_is_created(tmp_path, checkpoi
 
 
 def test_a_non_default_policy_is_stored_exported_verified_and_closes_the_loop(
-        tmp_path, checkpoint, monkeypatch) -> None:
+        tmp_path, checkpoint, monkeypatch, virtual_timing) -> None:
     import profiling.closed_loop as closed_loop
     from dse.run import SearchRequest, run_search
     from profiling.deploy import (
@@ -137,7 +160,8 @@ def test_a_non_default_policy_is_stored_exported_verified_and_closes_the_loop(
 
     monkeypatch.setattr(closed_loop, "build_cascade_module", spy)
     db = str(tmp_path / "store.db")
-    outcome = run_profile(db, _request(checkpoint, limit=8, policy=policy))
+    outcome = run_profile(db, _request(checkpoint, limit=8, policy=policy,
+                                       protocol=virtual_timing))
     assert outcome.policy == policy
     assert built and all(p == policy for p in built)  # the closed loop decides with it
 

@@ -4,7 +4,9 @@ The search adds up stored component latencies; whether that sum can be trusted i
 (`dse profile` stores it: spread, machine load, closed-loop gaps, rows kept although noisy, rows
 predicted from other devices by a few-shot profile with their cross-validated error). This
 module reads it for one (model, device, input shape) and puts it in one line, for `dse pareto`
-(a warning), the report (next to the front) and `dse devices`.
+(a warning), `dse verify` (a warning next to its comparison), the report (next to the front) and
+`dse devices`. It is a plain function of the store, so it lives in `db` where both the search
+core and the profilers can read it.
 """
 
 from __future__ import annotations
