@@ -41,10 +41,12 @@ def test_warmup_and_repeat_counts_and_sample_units() -> None:
 
 
 def test_min_time_adds_runs() -> None:
+    # A busy machine stretches a 1 ms sleep to tens of ms: judge by the total, not the count.
     stats = time_callable(lambda: time.sleep(0.001), device=torch.device("cpu"),
-                          settings=TimingSettings(warmup=0, repeat=1, min_time_s=0.02))
-    assert stats.n >= 5
-    assert sum(stats.samples_ms) >= 20.0
+                          settings=TimingSettings(warmup=0, repeat=1, min_time_s=0.2))
+    total = sum(stats.samples_ms)
+    assert stats.n >= 2 and total >= 200.0
+    assert total - stats.samples_ms[-1] < 200.0  # stopped at the first run that reached it
 
 
 def test_time_module_runs_the_module() -> None:
