@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,9 +63,11 @@ class _Log:
 
     def epoch_done(self, record: EpochRecord) -> None:
         final = record.val_miou.get("final", float("nan"))
+        load = " ".join(f"{x:.1f}" for x in os.getloadavg())
         print(
             f"  {record.mode} epoch {record.epoch}: loss {record.train_loss:.3f}, "
-            f"val final {100 * final:.1f}, {record.seconds:.0f} s",
+            f"val final {100 * final:.1f}, {record.seconds:.0f} s, "
+            f"{time.strftime('%H:%M:%S')}, load {load}",
             file=sys.stderr,
             flush=True,
         )

@@ -11,6 +11,7 @@ names them and builds one.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 
@@ -76,6 +77,7 @@ class SegmentationDataset(Dataset):
         self.seed = seed
         self.scale_range = scale_range
         self.epoch = 0
+        self.views: int | None = None  # fixed views per image (stage 2), None: fresh draws
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -103,10 +105,42 @@ class SegmentationDataset(Dataset):
         return cached
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.augment and self.views is not None:
+            return self.view(index, self.view_of(index))
         image, label = self.raw(index)
         if self.augment:
             gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, index))
             image, label = augment_pair(image, label, gen, scale_range=self.scale_range)
+        return normalise(image), label
+
+    def with_fixed_views(self, views: int) -> SegmentationDataset:
+        """This dataset (sharing its decoded samples) drawing from ``views`` fixed views per image.
+
+        Each image gets ``views`` augmented views fixed once and for all (seed, index, view):
+        views ``2k`` and ``2k + 1`` are one random scale-up + crop, unflipped and mirrored. Each
+        epoch shows one of them per image. A finite set of views is what lets stage 2 compute the
+        frozen backbone's features once per view (`training.feature_cache`); fresh random crops
+        every epoch would need a backbone pass every epoch.
+        """
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        twin = copy.copy(self)
+        twin.views = int(views)
+        return twin
+
+    def view_of(self, index: int) -> int:
+        """The fixed view of ``index`` shown in the current epoch (fixed-view datasets only)."""
+        if self.views is None:
+            raise ValueError("view_of needs a dataset with fixed views (with_fixed_views)")
+        return _mix_seed(self.seed, self.epoch, index, -1) % self.views
+
+    def view(self, index: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fixed view ``view`` of sample ``index``: (normalised image, label)."""
+        image, label = self.raw(index)
+        gen = torch.Generator().manual_seed(_mix_seed(self.seed, -1, index, view // 2))
+        image, label = augment_pair(
+            image, label, gen, scale_range=self.scale_range, flip=bool(view % 2)
+        )  # fmt: skip
         return normalise(image), label
 
 
@@ -116,8 +150,9 @@ def augment_pair(
     gen: torch.Generator,
     *,
     scale_range: tuple[float, float] = (1.0, 1.5),
+    flip: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random scale-up, random crop back to the same size, random horizontal flip.
+    """Random scale-up, random crop back to the same size, horizontal flip (random if None).
 
     The image is resized bilinearly, the label with nearest neighbour (a label is never blended).
     """
@@ -136,7 +171,9 @@ def augment_pair(
             big[:, top : top + height, left : left + width].round().clamp(0, 255).to(torch.uint8)
         )
         label = big_label[0, 0, top : top + height, left : left + width].long()
-    if float(torch.rand((), generator=gen)) < 0.5:
+    if flip is None:
+        flip = float(torch.rand((), generator=gen)) < 0.5
+    if flip:
         image = image.flip(-1)
         label = label.flip(-1)
     return image.contiguous(), label.contiguous()

@@ -107,16 +107,10 @@ def batch_loss(
     if mode in FROZEN_BACKBONE_MODES:
         with torch.no_grad():
             features, final_native = network.backbone_features(images)
-            teacher = upsample(final_native, size)
-        total = images.new_zeros(())
-        distil = alpha if mode == "stage2" else 0.0
-        for exit_id in exit_ids:  # heads are independent: one summed backward trains each alone
-            logits = upsample(network.run_head(exit_id, features[position_of(exit_id)]), size)
-            total = total + pfd_loss(
-                logits, teacher, labels, alpha=distil, temperature=temperature, weight=weight,
-                distill_class_weights=distill_class_weights,
-            )  # fmt: skip
-        return total
+        return head_loss(
+            network, mode, features, final_native, labels, exit_ids=exit_ids, weight=weight,
+            alpha=alpha, temperature=temperature, distill_class_weights=distill_class_weights,
+        )  # fmt: skip
     features, final_native = network.backbone_features(images)
     loss = segmentation_ce(upsample(final_native, size), labels, weight=weight)
     if mode == "final-only" or not exit_ids:
@@ -129,3 +123,31 @@ def batch_loss(
         early = network.run_head(exit_id, features[position_of(exit_id)])
         loss = loss + segmentation_ce(upsample(early, size), labels, weight=weight)
     return loss
+
+
+def head_loss(
+    network: MessNetwork,
+    mode: str,
+    features: dict[str, Tensor],
+    final_native: Tensor,
+    labels: Tensor,
+    *,
+    exit_ids: Sequence[str],
+    weight: Tensor | None,
+    alpha: float,
+    temperature: float,
+    distill_class_weights: bool = False,
+) -> Tensor:
+    """Stage 2 / IC-only loss from the frozen backbone's outputs (computed now or cached)."""
+    size = (labels.shape[-2], labels.shape[-1])
+    with torch.no_grad():
+        teacher = upsample(final_native, size)
+    total = final_native.new_zeros(())
+    distil = alpha if mode == "stage2" else 0.0
+    for exit_id in exit_ids:  # heads are independent: one summed backward trains each alone
+        logits = upsample(network.run_head(exit_id, features[position_of(exit_id)]), size)
+        total = total + pfd_loss(
+            logits, teacher, labels, alpha=distil, temperature=temperature, weight=weight,
+            distill_class_weights=distill_class_weights,
+        )  # fmt: skip
+    return total

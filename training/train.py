@@ -22,6 +22,7 @@ from training._stages import (
     FROZEN_BACKBONE_MODES,
     MODES,
     batch_loss,
+    head_loss,
     position_of,
     reference_exits,
     set_train_mode,
@@ -31,6 +32,7 @@ from training._stages import (
 from training.checkpoint import save_checkpoint
 from training.data import SegmentationDataset, class_weights
 from training.errors import TrainingError
+from training.feature_cache import CachedViews, load_or_build
 from training.heads import FINAL_EXIT
 from training.metrics import ConfusionMatrix
 
@@ -42,7 +44,7 @@ OPTIMIZERS = ("sgd", "adamw")
 _RESUME_KEYS = (
     "mode", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "poly_power",
     "early_weight", "alpha", "temperature", "class_weighting", "seed", "exits",
-    "distill_class_weights",
+    "distill_class_weights", "stage2_views",
 )  # fmt: skip
 
 
@@ -63,6 +65,13 @@ class TrainConfig:
             CE term (off: the method's plain mean).
         class_weighting: none | enet | median.
         threads: torch CPU threads (None: leave torch's default).
+        stage2_views: augmentation of the frozen-backbone modes: this many fixed views per
+            image (scale-up + crop, each also mirrored), one shown per epoch; None: a fresh
+            random draw every epoch (then no feature cache is possible).
+        feature_cache: frozen-backbone modes compute the backbone's outputs once per view and
+            train the heads from them (`training.feature_cache`); the same result as without.
+        feature_cache_path: keep that cache in this file for later runs on the same stage-1
+            weights and data (None: in memory for this run only).
     """
 
     mode: str
@@ -84,6 +93,9 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None
     eval_batch_size: int = 8
+    stage2_views: int | None = 4
+    feature_cache: bool = True
+    feature_cache_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -108,6 +120,8 @@ class TrainConfig:
             )
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.stage2_views is not None and self.stage2_views < 1:
+            raise ValueError(f"stage2_views must be >= 1, got {self.stage2_views}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,7 +165,7 @@ def evaluate_exits(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     with torch.no_grad():
         for images, labels in loader:
-            images, labels = images.to(device), labels.to(device)
+            images, labels = _nhwc(images, device), labels.to(device)
             size = (labels.shape[-2], labels.shape[-1])
             features, final_native = network.backbone_features(images)
             matrices[FINAL_EXIT].update(upsample(final_native, size).argmax(1), labels)
@@ -187,7 +201,30 @@ def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.o
     )
 
 
-def _loader(dataset: SegmentationDataset, config: TrainConfig, epoch: int) -> DataLoader:
+def _training_source(
+    network: MessNetwork,
+    train_set: SegmentationDataset,
+    config: TrainConfig,
+    exit_ids: list[str],
+    progress: TrainProgress | None,
+) -> SegmentationDataset | CachedViews:
+    """What the loop iterates: the images, or (frozen backbone) fixed views, possibly cached."""
+    if config.mode not in FROZEN_BACKBONE_MODES or config.stage2_views is None:
+        return train_set
+    views = train_set.with_fixed_views(config.stage2_views)
+    if not config.feature_cache:
+        return views
+    used = {position_of(e) for e in exit_ids}
+    positions = [p.name for p in network.positions if p.name in used]
+    cache = load_or_build(
+        network, views, positions, path=config.feature_cache_path,
+        batch_size=config.eval_batch_size, device=config.device,
+        note=getattr(progress, "note", None),
+    )  # fmt: skip
+    return CachedViews(cache, views)
+
+
+def _loader(dataset: SegmentationDataset | CachedViews, config: TrainConfig, epoch: int) -> DataLoader:
     dataset.set_epoch(epoch)
     gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     # A lone last sample would give BatchNorm a batch of one.
@@ -247,14 +284,16 @@ def train_network(
             f"the dataset has {train_set.num_classes} classes but the network {network.num_classes}"
         )
     exit_ids = _exit_ids(network, config)
-    network.to(config.device)
+    # NHWC convolutions: 1.7x faster per stage-1 step than NCHW on this 2-core CPU (measured)
+    network.to(config.device, memory_format=torch.channels_last)
     set_train_mode(network, config.mode)
     params = trainable_parameters(network, config.mode, exit_ids)
     optimizer = _optimizer(params, config)
     weight = None
     if config.class_weighting != "none":
         weight = class_weights(train_set, method=config.class_weighting).to(config.device)
-    batches = len(_loader(train_set, config, 0))
+    source = _training_source(network, train_set, config, exit_ids, progress)
+    batches = len(_loader(source, config, 0))
     history: list[EpochRecord] = []
     iteration, start_epoch, spent_s = 0, 0, 0.0
     planned = config.epochs
@@ -274,18 +313,30 @@ def train_network(
             progress.epoch_started(config.mode, epoch, planned, batches)
         total_iters = planned * batches
         losses = []
-        for images, labels in _loader(train_set, config, epoch):
+        for batch in _loader(source, config, epoch):
             lr = config.lr * max(0.0, 1.0 - iteration / total_iters) ** config.poly_power
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = batch_loss(
-                network, config.mode,
-                images.to(config.device), labels.to(config.device),
-                iteration=iteration, exit_ids=exit_ids, weight=weight,
-                early_weight=config.early_weight, alpha=config.alpha,
-                temperature=config.temperature,
-                distill_class_weights=config.distill_class_weights,
-            )  # fmt: skip
+            if isinstance(source, CachedViews):
+                features, final_native, labels = batch
+                loss = head_loss(
+                    network, config.mode,
+                    {p: _nhwc(t, config.device) for p, t in features.items()},
+                    final_native.to(config.device), labels.to(config.device),
+                    exit_ids=exit_ids, weight=weight, alpha=config.alpha,
+                    temperature=config.temperature,
+                    distill_class_weights=config.distill_class_weights,
+                )  # fmt: skip
+            else:
+                images, labels = batch
+                loss = batch_loss(
+                    network, config.mode,
+                    _nhwc(images, config.device), labels.to(config.device),
+                    iteration=iteration, exit_ids=exit_ids, weight=weight,
+                    early_weight=config.early_weight, alpha=config.alpha,
+                    temperature=config.temperature,
+                    distill_class_weights=config.distill_class_weights,
+                )  # fmt: skip
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the loss became {float(loss)} at epoch {epoch}; lower --lr and start again"
@@ -331,8 +382,12 @@ def train_network(
             progress.epoch_done(record)
         if finished:
             break
-    network.cpu()
+    network.to("cpu", memory_format=torch.contiguous_format)
     return history
+
+
+def _nhwc(images: torch.Tensor, device: str) -> torch.Tensor:
+    return images.to(device, memory_format=torch.channels_last)
 
 
 def _fit_budget(planned: int, epoch: int, spent_s: float, budget_s: float) -> int:
