@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "camvid"
 POSITIONS = "blocks.2,blocks.4,blocks.7,blocks.10,blocks.13"
 HEAD_SPACE = "nocrm-b0-fcn,crm64-b1-rdi-fcn,crm64-b0-deeplabv3"
+RUNS = ("stage1", "pfd", "ic_only", "pfd_cw", "single", "single_long", "e2e")
+STAGE2_RUNS = ("pfd", "ic_only", "pfd_cw")
 
 
 class _Log:
@@ -100,7 +102,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument(
         "--skip", default="", metavar="NAMES",
-        help="comma-separated baselines not to train: e2e, single, single_long",
+        help=f"comma-separated runs not to train: {', '.join(RUNS[1:])}",
+    )  # fmt: skip
+    p.add_argument(
+        "--only", default="", metavar="NAMES",
+        help="train only these runs (stage1 is trained too when a stage-2 run needs it); "
+        "the table shows what exists",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-feature-cache", action="store_true",
+        help="stage-2 runs recompute the frozen backbone every epoch (for timing comparisons)",
     )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="smoke test: tiny data, 1 epoch each")
     return p.parse_args(argv)
@@ -136,6 +147,8 @@ def _request(
         mode="stage1", epochs=1 if a.quick else (epochs or 1000), batch_size=a.batch_size,
         optimizer=a.optimizer, lr=a.lr, class_weighting=a.class_weighting,
         distill_class_weights=weighted_kd, device=a.device, threads=a.threads,
+        feature_cache=not a.no_feature_cache,
+        feature_cache_path=str(Path(a.out) / "stage1.features.pt"),
     )  # fmt: skip
     return TrainRequest(
         arch=a.arch, data="camvid", data_root=a.data_root, out=str(out), stage=stage,
@@ -226,14 +239,29 @@ def _verdicts(results: dict[str, dict[str, float]], exit_ids: list[str]) -> list
                 f"{name} >= IC-only at {wins}/{len(exit_ids)} early exits "
                 f"(difference {min(gaps):+.1f} to {max(gaps):+.1f}, mean {sum(gaps) / len(gaps):+.1f})"
             )
-    final = results["stage1"]["final"]
+    final = results.get("stage1", {}).get("final")
     for name in ("single", "single_long"):
-        if name in results:
+        if name in results and final is not None:
             lines.append(
                 f"MESS final {100 * final:.1f} vs {name} {100 * results[name]['final']:.1f} "
                 f"({100 * (final - results[name]['final']):+.1f})"
             )
     return lines
+
+
+def _wanted(a: argparse.Namespace) -> list[str]:
+    """Runs to train, in order: --only (plus stage1 when a stage-2 run needs it) minus --skip."""
+    only = [n for n in a.only.split(",") if n]
+    skip = [n for n in a.skip.split(",") if n]
+    for name in [*only, *skip]:
+        if name not in RUNS:
+            raise SystemExit(f"error: unknown run {name!r}; choose from {', '.join(RUNS)}")
+    wanted = [n for n in RUNS if (not only or n in only) and n not in skip]
+    if a.epochs is None:
+        wanted = [n for n in wanted if n != "single_long"]  # by epochs only
+    if any(n in STAGE2_RUNS for n in wanted) and "stage1" not in wanted:
+        wanted.insert(0, "stage1")
+    return wanted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,42 +275,47 @@ def main(argv: list[str] | None = None) -> int:
         epochs = _epochs(a)
         s1, s2 = epochs if epochs else (None, None)
         both = s1 + s2 if s1 and s2 else None
-        runs = {"stage1": _train(a, "stage1", "1", a.minutes, epochs=s1)}
-        runs["pfd"] = _train(a, "pfd", "2", a.minutes, init=runs["stage1"], epochs=s2)
-        runs["pfd_cw"] = _train(
-            a, "pfd_cw", "2", a.minutes, init=runs["stage1"], epochs=s2, weighted_kd=True
-        )
-        runs["ic_only"] = _train(a, "ic_only", "ic-only", a.minutes, init=runs["stage1"], epochs=s2)
-        skip = set(filter(None, a.skip.split(",")))
-        if "e2e" not in skip:
-            runs["e2e"] = _train(a, "e2e", "end-to-end", 2 * a.minutes, epochs=both)
-        if "single" not in skip:
-            runs["single"] = _train(a, "single", "final-only", 2 * a.minutes, epochs=s1)
-        if epochs and "single_long" not in skip:
-            runs["single_long"] = _train(a, "single_long", "final-only", 0, epochs=both)
+        m = a.minutes
+        plan = {
+            "stage1": lambda: _train(a, "stage1", "1", m, epochs=s1),
+            "pfd": lambda: _train(a, "pfd", "2", m, init=runs["stage1"], epochs=s2),
+            "ic_only": lambda: _train(a, "ic_only", "ic-only", m, init=runs["stage1"], epochs=s2),
+            "pfd_cw": lambda: _train(
+                a, "pfd_cw", "2", m, init=runs["stage1"], epochs=s2, weighted_kd=True
+            ),
+            "single": lambda: _train(a, "single", "final-only", 2 * m, epochs=s1),
+            "single_long": lambda: _train(a, "single_long", "final-only", 0, epochs=both),
+            "e2e": lambda: _train(a, "e2e", "end-to-end", 2 * m, epochs=both),
+        }
+        runs: dict[str, Path] = {}
+        for name in _wanted(a):
+            runs[name] = plan[name]()
         results = {
-            name: _evaluate(a, path, exits=name in ("pfd", "pfd_cw", "ic_only", "e2e"))
+            name: _evaluate(a, path, exits=name in (*STAGE2_RUNS, "e2e"))
             for name, path in runs.items()
         }
         spent = {name: _spent(path) for name, path in runs.items()}
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    exit_ids = [e for e in results["pfd"] if e != "final"]
+    with_exits = [r for r in ("pfd", "ic_only", "pfd_cw", "e2e") if r in results]
+    exit_ids = [e for e in results[with_exits[0]] if e != "final"] if with_exits else []
     size = "480x360" if a.full_res else "240x180"
     budget = f"epochs {a.epochs} (stage 1, stage 2)" if a.epochs else f"{a.minutes:g} min per stage"
     print(f"CamVid val mIoU (%), {a.arch}, {size}, {budget}"
           f"{' (QUICK smoke test: meaningless numbers)' if a.quick else ''}")  # fmt: skip
     print(_table(results, exit_ids))
-    print(f"stage-1 network alone: final {100 * results['stage1']['final']:.1f}")
+    if "stage1" in results:
+        print(f"stage-1 network alone: final {100 * results['stage1']['final']:.1f}")
     for line in _verdicts(results, exit_ids):
         print(line)
     for name, used in spent.items():
         print(f"{name}: {used['epochs']} epochs in {used['minutes']:.1f} min")
     print(f"total wall time {(time.perf_counter() - started) / 60:.1f} min; checkpoints in {out}")
-    (out / "results.json").write_text(
-        json.dumps({**results, "spent": spent}, indent=1, sort_keys=True)
-    )
+    saved = out / "results.json"
+    previous = json.loads(saved.read_text()) if saved.exists() else {}
+    merged = {**previous, **results, "spent": {**previous.get("spent", {}), **spent}}
+    saved.write_text(json.dumps(merged, indent=1, sort_keys=True))
     return 0
 
 
