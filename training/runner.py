@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training import train as train_module
 from training._stages import FROZEN_BACKBONE_MODES
 from training.checkpoint import load_checkpoint, read_checkpoint
 from training.data import SegmentationDataset, build_dataset
@@ -41,8 +42,11 @@ class TrainRequest:
     Attributes:
         stage: a key of STAGES.
         base: settings shared by the modes (its ``mode`` is replaced per stage).
-        time_budget_s: total wall-clock budget of all stages (None: epochs only).
-        stage1_share: share of the budget given to stage 1 when both stages run.
+        time_budget_s: wall-clock budget of the stages this call runs (None: epochs only); it
+            is measured up front what it buys (`training.budget`), checked between steps, and
+            each stage's schedule is fitted to it.
+        stage1_share: share of the budget given to stage 1 when both stages run; None: in
+            proportion to the measured cost of the epochs each stage asks for.
         stage2_epochs: epochs of the frozen-backbone modes (stage2, ic-only); None: base.epochs.
             Heads on a frozen backbone converge in fewer epochs than the backbone itself.
         init: checkpoint to start from (e.g. stage 1 weights for --stage 2).
@@ -57,7 +61,7 @@ class TrainRequest:
     input_size: tuple[int, int] = (64, 64)
     base: TrainConfig = field(default_factory=lambda: TrainConfig(mode="stage1"))
     time_budget_s: float | None = None
-    stage1_share: float = 0.5
+    stage1_share: float | None = None
     stage2_epochs: int | None = None
     resume: bool = False
     init: str | None = None
@@ -71,7 +75,7 @@ class TrainRequest:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
-        if not 0.0 < self.stage1_share < 1.0:
+        if self.stage1_share is not None and not 0.0 < self.stage1_share < 1.0:
             raise ValueError(f"stage1_share must be in (0, 1), got {self.stage1_share}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
@@ -171,16 +175,29 @@ def _epochs(request: TrainRequest, mode: str) -> int:
     return request.base.epochs
 
 
-def _budget(request: TrainRequest, mode: str, stage1_s: float | None) -> float | None:
-    """This mode's own budget: stage 1 gets its share; stage 2 what stage 1 left."""
-    total = request.time_budget_s
-    if total is None or request.stage != "both":
-        return total
-    if mode == "stage1":
-        return total * request.stage1_share
-    if stage1_s is None:  # stage 1 ran in an earlier call
-        return total * (1.0 - request.stage1_share)
-    return max(1.0, total - stage1_s)
+def _plan_budget(
+    request: TrainRequest,
+    modes: list[str],
+    network: MessNetwork,
+    train_set: SegmentationDataset,
+    val_set: SegmentationDataset,
+    progress: TrainProgress | None,
+) -> list[float]:
+    """Seconds for each mode of ``modes``, from a measured estimate, said up front."""
+    from training.budget import describe_plan, estimate_stage, split_budget
+
+    assert request.time_budget_s is not None
+    started = train_module.budget_clock()
+    configs = [replace(request.base, mode=m, epochs=_epochs(request, m)) for m in modes]
+    estimates = [estimate_stage(network, train_set, val_set, c) for c in configs]
+    budget = max(1.0, request.time_budget_s - (train_module.budget_clock() - started))
+    share = request.stage1_share if len(modes) > 1 else None
+    plans = split_budget(budget, estimates, [c.epochs for c in configs], share)
+    note = getattr(progress, "note", None)
+    if note is not None:
+        for line in describe_plan(plans, request.time_budget_s, len(network.exits)):
+            note(line)
+    return [p.budget_s for p in plans]
 
 
 def run_training(request: TrainRequest, *, progress: TrainProgress | None = None) -> TrainOutcome:
@@ -197,25 +214,29 @@ def run_training(request: TrainRequest, *, progress: TrainProgress | None = None
     network, start_meta = _network(request, start, train_set.num_classes)
     done = list(start_meta.get("completed_modes", []))
     history: dict[str, list[EpochRecord]] = {}
-    stage1_s: float | None = None
-    for mode in modes:
+    budgets: list[float | None] = [None] * len(modes)
+    if request.time_budget_s is not None and modes:
+        budgets = list(_plan_budget(request, modes, network, train_set, val_set, progress))
+    began = train_module.budget_clock()
+    for index, mode in enumerate(modes):
         meta = {
             "input_size": list(request.input_size),
             "dataset": request.data,
             "class_names": list(train_set.class_names),
             "completed_modes": done,
         }
+        budget = budgets[index]
+        if budget is not None and index == len(modes) - 1 and index > 0:
+            # the last stage gets what the earlier ones left (their overrun or their savings)
+            budget = max(1.0, sum(b or 0.0 for b in budgets) - (train_module.budget_clock() - began))
         config = replace(
-            request.base, mode=mode, epochs=_epochs(request, mode),
-            time_budget_s=_budget(request, mode, stage1_s),
+            request.base, mode=mode, epochs=_epochs(request, mode), time_budget_s=budget
         )  # fmt: skip
         records = train_network(
             network, train_set, val_set, config,
             out=request.out, meta=meta, resume_state=resume_state, progress=progress,
         )  # fmt: skip
         resume_state = None
-        if mode == "stage1":
-            stage1_s = sum(r.seconds for r in records)
         history[mode] = records
         done = [*done, mode]
     if modes:

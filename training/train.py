@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from training.network import MessNetwork
 
 OPTIMIZERS = ("sgd", "adamw")
+budget_clock = time.perf_counter  # the budget's clock (tests replace it with a simulated one)
 # Settings that must not change between an interrupted run and its resumption.
 _RESUME_KEYS = (
     "mode", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "poly_power",
@@ -176,7 +177,7 @@ def evaluate_exits(
     return {e: m.compute().miou for e, m in matrices.items()}
 
 
-def _exit_ids(network: MessNetwork, config: TrainConfig) -> list[str]:
+def exit_ids_of(network: MessNetwork, config: TrainConfig) -> list[str]:
     known = [e.id for e in network.exits]
     if config.mode == "final-only":
         return []
@@ -283,37 +284,55 @@ def train_network(
         raise TrainingError(
             f"the dataset has {train_set.num_classes} classes but the network {network.num_classes}"
         )
-    exit_ids = _exit_ids(network, config)
+    exit_ids = exit_ids_of(network, config)
     # NHWC convolutions: 1.7x faster per stage-1 step than NCHW on this 2-core CPU (measured)
-    network.to(config.device, memory_format=torch.channels_last)
+    network.to(config.device).to(memory_format=torch.channels_last)
     set_train_mode(network, config.mode)
     params = trainable_parameters(network, config.mode, exit_ids)
     optimizer = _optimizer(params, config)
     weight = None
     if config.class_weighting != "none":
         weight = class_weights(train_set, method=config.class_weighting).to(config.device)
+    setup_started = budget_clock()
     source = _training_source(network, train_set, config, exit_ids, progress)
     batches = len(_loader(source, config, 0))
     history: list[EpochRecord] = []
     iteration, start_epoch, spent_s = 0, 0, 0.0
     planned = config.epochs
+    total_iters = planned * batches
     if resume_state is not None:
         _check_resume(resume_state, config, exit_ids)
         optimizer.load_state_dict(resume_state["optimizer"])
         iteration = int(resume_state["iteration"])
         start_epoch = int(resume_state["epoch"])
         planned = int(resume_state["planned_epochs"])
+        total_iters = int(resume_state.get("total_iters", planned * batches))
         spent_s = float(resume_state["elapsed_s"])
         history = [EpochRecord(**r) for r in resume_state.get("history", [])]
-    for epoch in range(start_epoch + 1, planned + 1):
-        started = time.perf_counter()
+    budget = config.time_budget_s
+    step_s: float | None = None  # measured seconds per training step (budget runs)
+    eval_s = 0.0  # seconds of one validation pass (budget runs)
+    if budget is not None:
+        if val_set is not None:
+            eval_s = time_validation(network, val_set, exit_ids, config)
+        spent_s += budget_clock() - setup_started  # feature cache, probe: budget time too
+    last_epoch = config.epochs if budget is not None else planned
+    for epoch in range(start_epoch + 1, last_epoch + 1):
+        started = budget_clock()
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout draws: per epoch, resumable
         set_train_mode(network, config.mode)
         if progress is not None:
             progress.epoch_started(config.mode, epoch, planned, batches)
-        total_iters = planned * batches
-        losses = []
+        losses: list[float] = []
+        stopped = False
         for batch in _loader(source, config, epoch):
+            if budget is not None and (
+                iteration >= total_iters
+                or step_s is not None
+                and spent_s + budget_clock() - started + step_s + eval_s > budget
+            ):
+                stopped = True  # the schedule has ended or the next step would not fit
+                break
             lr = config.lr * max(0.0, 1.0 - iteration / total_iters) ** config.poly_power
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -348,6 +367,16 @@ def train_network(
             losses.append(float(loss.detach()))
             if progress is not None:
                 progress.batch_done(losses[-1])
+            if budget is not None and step_s is None and len(losses) == 2:
+                # Plan the schedule from the first two measured steps (the first includes
+                # warm-up, so the plan errs short); it is re-planned after every epoch.
+                step_s = (budget_clock() - started) / 2
+                elapsed = spent_s + budget_clock() - started
+                total_iters = _fit_iters(
+                    iteration, budget - elapsed, step_s, eval_s, batches, config.epochs * batches
+                )  # fmt: skip
+                planned = max(epoch, math.ceil(total_iters / batches))
+        train_s = budget_clock() - started
         val: dict[str, float] = {}
         if val_set is not None:
             val = evaluate_exits(
@@ -356,21 +385,30 @@ def train_network(
             )  # fmt: skip
             if config.mode == "final-only":
                 val = {FINAL_EXIT: val[FINAL_EXIT]}
-        seconds = time.perf_counter() - started
+        seconds = budget_clock() - started
         spent_s += seconds
         record = EpochRecord(
             mode=config.mode, epoch=epoch, train_loss=sum(losses) / max(1, len(losses)),
             seconds=seconds, val_miou=val,
         )  # fmt: skip
         history.append(record)
-        if config.time_budget_s is not None:
-            planned = _fit_budget(planned, epoch, spent_s, config.time_budget_s)
-        finished = epoch >= planned
+        if budget is not None:
+            if losses:
+                step_s = train_s / len(losses)
+            if val_set is not None:
+                eval_s = seconds - train_s
+            if step_s is not None:
+                total_iters = _fit_iters(
+                    iteration, budget - spent_s, step_s, eval_s, batches, config.epochs * batches
+                )  # fmt: skip
+            planned = max(epoch, math.ceil(total_iters / batches))
+        finished = epoch >= planned or stopped or iteration >= total_iters
         state = {
             "mode": config.mode,
             "config": {**asdict(config), "exits": exit_ids},
             "epoch": epoch,
             "planned_epochs": planned,
+            "total_iters": total_iters,
             "iteration": iteration,
             "elapsed_s": spent_s,
             "finished": finished,
@@ -382,7 +420,7 @@ def train_network(
             progress.epoch_done(record)
         if finished:
             break
-    network.to("cpu", memory_format=torch.contiguous_format)
+    network.to("cpu").to(memory_format=torch.contiguous_format)
     return history
 
 
@@ -390,11 +428,35 @@ def _nhwc(images: torch.Tensor, device: str) -> torch.Tensor:
     return images.to(device, memory_format=torch.channels_last)
 
 
-def _fit_budget(planned: int, epoch: int, spent_s: float, budget_s: float) -> int:
-    """Epochs that fit the budget at the mean epoch time so far (at least the ones done)."""
-    per_epoch = spent_s / epoch
-    fits = epoch + math.floor(max(0.0, budget_s - spent_s) / per_epoch)
-    return max(epoch, min(planned, fits))
+def _fit_iters(
+    iteration: int, remaining_s: float, step_s: float, eval_s: float, batches: int, cap: int
+) -> int:
+    """The iteration the schedule ends at: the steps (with their share of the per-epoch
+    validation) that fit in ``remaining_s``, at most ``cap``, never before ``iteration``."""
+    per_step = max(step_s + eval_s / batches, 1e-9)
+    fits = math.floor(max(0.0, remaining_s) / per_step)
+    return max(iteration, min(cap, iteration + fits))
+
+
+def time_validation(
+    network: MessNetwork,
+    val_set: SegmentationDataset,
+    exit_ids: Sequence[str],
+    config: TrainConfig,
+) -> float:
+    """Seconds of one validation pass, extrapolated from one timed batch."""
+    count = min(len(val_set), config.eval_batch_size)
+    images = torch.stack([val_set[i][0] for i in range(count)])
+    was_training = network.training
+    network.eval()
+    started = budget_clock()
+    with torch.no_grad():
+        features, _ = network.backbone_features(_nhwc(images, config.device))
+        for exit_id in exit_ids:
+            network.run_head(exit_id, features[position_of(exit_id)])
+    seconds = budget_clock() - started
+    network.train(was_training)
+    return seconds * math.ceil(len(val_set) / count)
 
 
 __all__ = [
@@ -404,5 +466,7 @@ __all__ = [
     "TrainConfig",
     "TrainProgress",
     "evaluate_exits",
+    "exit_ids_of",
+    "time_validation",
     "train_network",
 ]

@@ -69,6 +69,13 @@ class TrainBars:
         self._loss_sum, self._count = 0.0, 0
         self.task = self.bar.add_task(f"{mode} epoch {epoch}/{epochs}", total=batches, loss=0.0)
 
+    def note(self, text: str) -> None:
+        """A one-line notice (budget plan, a rebuilt feature cache) above the bar."""
+        if self.json_lines:
+            typer.echo(json.dumps({"event": "note", "text": text}, sort_keys=True))
+            return
+        self.bar.console.print(text, highlight=False, markup=False)
+
     def batch_done(self, loss: float) -> None:
         self._loss_sum += loss
         self._count += 1
@@ -126,18 +133,29 @@ def train_command(
     epochs: Annotated[
         int | None,
         typer.Option(
-            "--epochs", help="Epochs per stage (default 10; with --time-budget: as many as fit)."
+            "--epochs",
+            help="Epochs per stage (default: the dataset's recipe, 10; CamVid 18); with "
+            "--time-budget at most this many.",
         ),
     ] = None,
     stage2_epochs: Annotated[
         int | None,
-        typer.Option("--stage2-epochs", help="Epochs of stage 2 / ic-only (default: --epochs)."),
+        typer.Option(
+            "--stage2-epochs",
+            help="Epochs of stage 2 / ic-only (default: --epochs; CamVid recipe 8).",
+        ),
     ] = None,
     time_budget: Annotated[
         float | None,
-        typer.Option("--time-budget", help="Minutes for all stages; stops at an epoch boundary."),
+        typer.Option(
+            "--time-budget",
+            help="Minutes for all stages: measured up front, checked between steps, the "
+            "schedule fitted to it.",
+        ),
     ] = None,
-    input_size: Annotated[str, typer.Option("--input-size", help="HxW.")] = "64x64",
+    input_size: Annotated[
+        str | None, typer.Option("--input-size", help="HxW (default 64x64; CamVid 180x240).")
+    ] = None,
     compute: Annotated[
         str | None, typer.Option("--compute", help="Torch device to compute on: cpu or cuda[:N].")
     ] = None,
@@ -163,13 +181,20 @@ def train_command(
         str | None, typer.Option("--exits", help="Train only these candidate exit ids.")
     ] = None,
     pretrained_backbone: Annotated[
-        bool, typer.Option("--pretrained-backbone/--scratch", help="ImageNet backbone weights.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--pretrained-backbone/--scratch",
+            help="ImageNet backbone weights (default: off; CamVid recipe: on for Lite0).",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
-    lr: Annotated[float, typer.Option("--lr")] = 0.01,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Learning rate (default 0.01; CamVid 0.001).")
+    ] = None,
     optimizer: Annotated[
-        str, typer.Option("--optimizer", help="sgd (poly) or adamw (poly).")
-    ] = "sgd",
+        str | None,
+        typer.Option("--optimizer", help="sgd (poly) or adamw (poly) (default sgd; CamVid adamw)."),
+    ] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="Distillation weight (stage 2).")] = 1.0,
     temperature: Annotated[float, typer.Option("--temperature", help="Distillation T.")] = 1.0,
     distill_class_weights: Annotated[
@@ -183,11 +208,20 @@ def train_command(
         float, typer.Option("--early-weight", help="Stage-1 early exit weight.")
     ] = 1.0,
     class_weighting: Annotated[
-        str, typer.Option("--class-weighting", help="none, enet (1/ln(1.02+p)) or median.")
-    ] = "none",
+        str | None,
+        typer.Option(
+            "--class-weighting",
+            help="none, enet (1/ln(1.02+p)) or median (default none; CamVid enet).",
+        ),
+    ] = None,
     stage1_share: Annotated[
-        float, typer.Option("--stage1-share", help="Budget share of stage 1.")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            "--stage1-share",
+            help="Budget share of stage 1 (default: in proportion to the measured cost of the "
+            "epochs each stage asks for).",
+        ),
+    ] = None,
     train_size: Annotated[
         int | None, typer.Option("--train-size", help="Use N training samples.")
     ] = None,
@@ -200,31 +234,41 @@ def train_command(
 ) -> None:
     """Train an over-provisioned MESS network (stage 1, stage 2 or both) into one checkpoint."""
     from training.errors import TrainingError
+    from training.recipes import recipe_for
     from training.runner import TrainRequest, run_training
     from training.train import TrainConfig
 
-    size = parse_input_size(input_size, minimum=8)
+    recipe = recipe_for(data)
+    size = recipe.input_size if input_size is None else parse_input_size(input_size, minimum=8)
     kind = _compute(compute, device)
     if time_budget is not None and time_budget <= 0:
         raise DseError(f"--time-budget must be > 0 minutes, got {time_budget}")
-    if epochs is None:  # with a budget only: as many epochs as fit
-        epochs = 10 if time_budget is None else 100_000
+    if epochs is None:
+        epochs = recipe.epochs
+        if stage2_epochs is None:
+            stage2_epochs = recipe.stage2_epochs
     if stage2_epochs is not None and stage2_epochs < 1:
         raise DseError(f"--stage2-epochs must be >= 1, got {stage2_epochs}")
     try:
         base = TrainConfig(
-            mode="stage1", epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+            mode="stage1", epochs=epochs, batch_size=batch_size,
+            optimizer=recipe.optimizer if optimizer is None else optimizer,
+            lr=recipe.lr if lr is None else lr,
             alpha=alpha, temperature=temperature, early_weight=early_weight,
             distill_class_weights=distill_class_weights,
-            class_weighting=class_weighting, exits=_split_list(exits), seed=seed,
+            class_weighting=recipe.class_weighting if class_weighting is None else class_weighting,
+            exits=_split_list(exits), seed=seed,
             device=kind, threads=threads,
         )  # fmt: skip
         request = TrainRequest(
             arch=arch, data=data, data_root=data_root, out=out, stage=stage, input_size=size,
             base=base, time_budget_s=None if time_budget is None else time_budget * 60.0,
             stage1_share=stage1_share, stage2_epochs=stage2_epochs, resume=resume, init=init,
-            head_space=_split_list(head_space), positions=_split_list(positions),
-            pretrained_backbone=pretrained_backbone, train_size=train_size, val_size=val_size,
+            head_space=_split_list(head_space) or recipe.head_space,
+            positions=_split_list(positions) or recipe.positions_for(arch),
+            pretrained_backbone=recipe.pretrained_for(arch)
+            if pretrained_backbone is None else pretrained_backbone,
+            train_size=train_size, val_size=val_size,
         )  # fmt: skip
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc

@@ -167,3 +167,49 @@ def test_compute_names_the_torch_device_and_device_is_deprecated(
     code, _, err = _run(capsys, *TINY, "--out", out, "--device", "cpu", "--compute", "cuda")
     assert code == 2 and "disagree" in err.splitlines()[-1]
     assert not Path(out).exists()
+
+
+def test_a_time_budget_says_up_front_what_it_buys_and_warns_below_one_epoch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mess.pt"
+    code, stdout, _ = _run(capsys, *TINY, "--time-budget", "0.001", "--out", str(out), "--json")
+    assert code == 0
+    events = [json.loads(line) for line in stdout.splitlines()]
+    notes = [e["text"] for e in events if e["event"] == "note"]
+    assert notes[0].startswith("time budget 0.0 min, measured on this machine (4 exits)")
+    assert any(n.strip().startswith("stage1:") and "epochs" in n for n in notes)
+    assert any(n.startswith("warning: stage1 gets less than one epoch") for n in notes)
+    first_epoch = next(i for i, e in enumerate(events) if e["event"] == "epoch")
+    assert all(e["event"] == "note" for e in events[:first_epoch])  # said before training
+
+
+def test_camvid_without_tuning_flags_trains_the_documented_recipe(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import training.runner
+
+    seen = []
+
+    def capture(request, progress=None):  # type: ignore[no-untyped-def]
+        seen.append(request)
+        return training.runner.TrainOutcome(out=request.out, history={})
+
+    monkeypatch.setattr(training.runner, "run_training", capture)
+    base = ["--arch", "fcn_efficientnet_lite0", "--data", "camvid", "--data-root", str(tmp_path)]
+    assert _run(capsys, *base, "--out", str(tmp_path / "a.pt"))[0] == 0
+    request = seen[-1]
+    assert request.input_size == (180, 240) and request.pretrained_backbone
+    assert (request.base.optimizer, request.base.lr, request.base.class_weighting) == (
+        "adamw", 1e-3, "enet",
+    )  # fmt: skip
+    assert (request.base.epochs, request.stage2_epochs) == (18, 8)
+    assert len(request.head_space) * len(request.positions) == 15
+    flags = ["--lr", "0.01", "--input-size", "90x120", "--scratch", "--epochs", "3"]
+    assert _run(capsys, *base, *flags, "--out", str(tmp_path / "b.pt"))[0] == 0
+    request = seen[-1]
+    assert request.base.lr == 0.01 and request.input_size == (90, 120)
+    assert not request.pretrained_backbone and request.base.epochs == 3
+    assert request.stage2_epochs is None  # --epochs given: stage 2 follows it unless told
+    assert _run(capsys, *TINY, "--out", str(tmp_path / "c.pt"))[0] == 0
+    assert (seen[-1].base.optimizer, seen[-1].base.epochs) == ("sgd", 10)  # synthetic: generic
