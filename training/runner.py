@@ -190,7 +190,7 @@ def _plan_budget(
     started = train_module.budget_clock()
     configs = [replace(request.base, mode=m, epochs=_epochs(request, m)) for m in modes]
     estimates = [estimate_stage(network, train_set, val_set, c) for c in configs]
-    budget = max(1.0, request.time_budget_s - (train_module.budget_clock() - started))
+    budget = max(1e-3, request.time_budget_s - (train_module.budget_clock() - started))
     share = request.stage1_share if len(modes) > 1 else None
     plans = split_budget(budget, estimates, [c.epochs for c in configs], share)
     note = getattr(progress, "note", None)
@@ -228,7 +228,7 @@ def run_training(request: TrainRequest, *, progress: TrainProgress | None = None
         budget = budgets[index]
         if budget is not None and index == len(modes) - 1 and index > 0:
             # the last stage gets what the earlier ones left (their overrun or their savings)
-            budget = max(1.0, sum(b or 0.0 for b in budgets) - (train_module.budget_clock() - began))
+            budget = max(1e-3, sum(b or 0.0 for b in budgets) - (train_module.budget_clock() - began))
         config = replace(
             request.base, mode=mode, epochs=_epochs(request, mode), time_budget_s=budget
         )  # fmt: skip

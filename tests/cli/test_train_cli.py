@@ -173,13 +173,15 @@ def test_a_time_budget_says_up_front_what_it_buys_and_warns_below_one_epoch(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "mess.pt"
-    code, stdout, _ = _run(capsys, *TINY, "--time-budget", "0.001", "--out", str(out), "--json")
+    budget = ["--time-budget", "0.0001"]  # 6 ms: the measuring alone takes longer
+    code, stdout, _ = _run(capsys, *TINY, *budget, "--out", str(out), "--json")
     assert code == 0
     events = [json.loads(line) for line in stdout.splitlines()]
     notes = [e["text"] for e in events if e["event"] == "note"]
     assert notes[0].startswith("time budget 0.0 min, measured on this machine (4 exits)")
     assert any(n.strip().startswith("stage1:") and "epochs" in n for n in notes)
     assert any(n.startswith("warning: stage1 gets less than one epoch") for n in notes)
+    assert any(n.startswith("warning: stage2 gets less than one epoch") for n in notes)
     first_epoch = next(i for i, e in enumerate(events) if e["event"] == "epoch")
     assert all(e["event"] == "note" for e in events[:first_epoch])  # said before training
 
