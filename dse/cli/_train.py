@@ -195,7 +195,12 @@ def train_command(
         str | None,
         typer.Option("--optimizer", help="sgd (poly) or adamw (poly) (default sgd; CamVid adamw)."),
     ] = None,
-    alpha: Annotated[float, typer.Option("--alpha", help="Distillation weight (stage 2).")] = 1.0,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            "--alpha", help="Distillation weight (stage 2; default 1; CamVid recipe 0: IC-only)."
+        ),
+    ] = None,
     temperature: Annotated[float, typer.Option("--temperature", help="Distillation T.")] = 1.0,
     distill_class_weights: Annotated[
         bool,
@@ -254,7 +259,8 @@ def train_command(
             mode="stage1", epochs=epochs, batch_size=batch_size,
             optimizer=recipe.optimizer if optimizer is None else optimizer,
             lr=recipe.lr if lr is None else lr,
-            alpha=alpha, temperature=temperature, early_weight=early_weight,
+            alpha=recipe.alpha if alpha is None else alpha,
+            temperature=temperature, early_weight=early_weight,
             distill_class_weights=distill_class_weights,
             class_weighting=recipe.class_weighting if class_weighting is None else class_weighting,
             exits=_split_list(exits), seed=seed,

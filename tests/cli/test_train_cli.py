@@ -206,6 +206,7 @@ def test_camvid_without_tuning_flags_trains_the_documented_recipe(
         "adamw", 1e-3, "enet",
     )  # fmt: skip
     assert (request.base.epochs, request.stage2_epochs) == (18, 8)
+    assert request.base.alpha == 0.0  # IC-only won on the converged teacher (README)
     assert len(request.head_space) * len(request.positions) == 15
     flags = ["--lr", "0.01", "--input-size", "90x120", "--scratch", "--epochs", "3"]
     assert _run(capsys, *base, *flags, "--out", str(tmp_path / "b.pt"))[0] == 0
@@ -215,3 +216,4 @@ def test_camvid_without_tuning_flags_trains_the_documented_recipe(
     assert request.stage2_epochs is None  # --epochs given: stage 2 follows it unless told
     assert _run(capsys, *TINY, "--out", str(tmp_path / "c.pt"))[0] == 0
     assert (seen[-1].base.optimizer, seen[-1].base.epochs) == ("sgd", 10)  # synthetic: generic
+    assert seen[-1].base.alpha == 1.0
