@@ -1,7 +1,9 @@
 """ONNX export of a CascadeModule: one graph per stage, head, decision and upsampling.
 
 ONNX graphs have no cheap data-dependent early exit, so the cascade is cut into graphs and a
-small runner (`run_cascade.py`, written next to them) applies the exit policy between them.
+small runner (`run_cascade.py`, a copy of training/onnx_runner.py written next to them) applies
+the exit policy between them. Every graph has a free batch axis: the runner splits a batch at
+each exit and regroups the images that continue.
 Uses torch's TorchScript-based exporter (``dynamo=False``), which needs only the ``onnx`` package.
 
 The exit policy (training.policy) uses an in-place masked OR and ``nanmedian``, which that
@@ -78,88 +80,19 @@ class OnnxDecision(nn.Module):
         return ordered.gather(1, index).reshape(n, h, w)
 
 
-RUNNER = '''"""Run an exported MESS early-exit cascade (ONNX graphs) on one image.
-
-Written by `dse export --format onnx`. Needs numpy and either onnxruntime or the onnx package
-(its pure-python reference evaluator: slow, but exact and always available).
-
-    python run_cascade.py FOLDER IMAGE.npy OUT.npy   # IMAGE: float32 [1, 3, H, W], normalised
-
-From Python: ``Cascade(folder)(image) -> (logits [1, C, H, W], exit_id)``.
-
-How it works: cascade.json lists the exits in order. For each early exit j the runner runs
-stage_j (backbone segments up to the exit), head_j (native logits) and decision_j (c_img, the
-share of pixels whose confidence is >= th_pix); the image leaves when c_img >= th_img (compared
-in float32, like the network) and upsample_j gives the logits at input size. Otherwise the next
-stage continues from the same feature. The last exit always answers. LR-ASPP networks also pass
-`skip` (an earlier feature their final head reads) from stage to stage.
-"""
-
-import json
-import sys
-from pathlib import Path
-
-import numpy as np
-
-
-def _session(path):
-    try:
-        import onnxruntime
-
-        sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return lambda feeds: sess.run(None, feeds)
-    except ImportError:
-        from onnx.reference import ReferenceEvaluator
-
-        ref = ReferenceEvaluator(str(path))
-        return lambda feeds: ref.run(None, feeds)
-
-
-class Cascade:
-    def __init__(self, folder):
-        self.folder = Path(folder)
-        self.manifest = json.loads((self.folder / "cascade.json").read_text())
-        self.graphs = {name: _session(self.folder / name) for name in self.manifest["graphs"]}
-
-    def __call__(self, image):
-        m = self.manifest
-        feature = np.asarray(image, dtype=np.float32)
-        skip = feature
-        th_img = np.float32(m["th_img"])
-        for j, exit_id in enumerate(m["exit_ids"]):
-            feature, skip = self.graphs[f"stage_{j}.onnx"]({"feature": feature, "skip": skip})
-            if j == len(m["exit_ids"]) - 1:
-                logits = self.graphs[f"head_{j}.onnx"]({"feature": feature, "skip": skip})[0]
-                return self.graphs[f"upsample_{j}.onnx"]({"logits": logits})[0], exit_id
-            logits = self.graphs[f"head_{j}.onnx"]({"feature": feature})[0]
-            c_img = self.graphs[f"decision_{j}.onnx"]({"logits": logits})[0]
-            if np.float32(c_img[0]) >= th_img:
-                return self.graphs[f"upsample_{j}.onnx"]({"logits": logits})[0], exit_id
-        raise RuntimeError("cascade.json lists no exit")
-
-
-def main(argv):
-    if len(argv) != 3:
-        print("usage: python run_cascade.py FOLDER IMAGE.npy OUT.npy", file=sys.stderr)
-        return 2
-    logits, exit_id = Cascade(argv[0])(np.load(argv[1]))
-    np.save(argv[2], logits)
-    print(exit_id)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
-'''
+# The runner shipped next to the graphs as run_cascade.py: a plain numpy module of this package.
+RUNNER_FILE = Path(__file__).with_name("onnx_runner.py")
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
-            inputs: list[str], outputs: list[str]) -> None:
+            inputs: list[str], outputs: list[str], *, dynamic_batch: bool = False) -> None:
+    """One graph; with ``dynamic_batch`` the first axis of every input and output is free."""
+    axes = {name: {0: "batch"} for name in [*inputs, *outputs]} if dynamic_batch else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, str(path), dynamo=False, opset_version=OPSET,
-                              input_names=inputs, output_names=outputs)
+                              input_names=inputs, output_names=outputs, dynamic_axes=axes)
     except ModuleNotFoundError as exc:
         raise TrainingError(
             f"the ONNX exporter needs {exc.name}: pip install {exc.name}"
@@ -205,23 +138,33 @@ def export_onnx(module: Any, folder: Path, *, meta: dict[str, Any], example: tor
         for j, stage in enumerate(stages):
             last = j == len(stages) - 1
             _export(stage, (feature, skip), folder / f"stage_{j}.onnx",
-                    ["feature", "skip"], ["feature_out", "skip_out"])
+                    ["feature", "skip"], ["feature_out", "skip_out"], dynamic_batch=True)
             feature, skip = stage(feature, skip)
             if last:
                 _export(module.last_head, (feature, skip), folder / f"head_{j}.onnx",
-                        ["feature", "skip"], ["logits"])
+                        ["feature", "skip"], ["logits"], dynamic_batch=True)
                 logits = module.last_head(feature, skip)
                 up = module.last_upsample
             else:
                 head = _EarlyHead(module.early_heads[j]).eval()
-                _export(head, (feature,), folder / f"head_{j}.onnx", ["feature"], ["logits"])
+                _export(head, (feature,), folder / f"head_{j}.onnx", ["feature"], ["logits"],
+                        dynamic_batch=True)
                 logits = head(feature)
                 _export(decisions[j], (logits,), folder / f"decision_{j}.onnx",
-                        ["logits"], ["c_img"])
+                        ["logits"], ["c_img"], dynamic_batch=True)
                 names.append(f"decision_{j}.onnx")
                 up = module.early_upsample[j]
-            _export(up, (logits,), folder / f"upsample_{j}.onnx", ["logits"], ["logits_up"])
+            _export(up, (logits,), folder / f"upsample_{j}.onnx", ["logits"], ["logits_up"],
+                    dynamic_batch=True)
             names += [f"stage_{j}.onnx", f"head_{j}.onnx", f"upsample_{j}.onnx"]
-    manifest = {**meta, "graphs": sorted(names), "opset": OPSET, "batch": 1}
+    # "batch": any; the runner splits a batch at each exit and regroups the images that continue.
+    # The exporter drops an input a graph does not read (`skip` outside LR-ASPP's last head and
+    # of the stage that computes it), so the manifest lists what each graph takes.
+    import onnx
+
+    inputs = {name: [i.name for i in onnx.load(str(folder / name), load_external_data=False)
+                     .graph.input] for name in names}
+    manifest = {**meta, "graphs": sorted(names), "opset": OPSET, "batch": "any",
+                "inputs": inputs}
     (folder / "cascade.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    (folder / "run_cascade.py").write_text(RUNNER)
+    (folder / "run_cascade.py").write_text(RUNNER_FILE.read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -226,36 +227,72 @@ def _straddling_th_img(values: list[float]) -> float:
     return (distinct[mid - 1] + distinct[mid]) / 2
 
 
-@pytest.mark.slow
-def test_onnx_graphs_and_runner_equal_the_cascade(resnet, tmp_path) -> None:
+def _onnx_runner(folder):
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location("run_cascade", folder / "run_cascade.py")
+    assert spec is not None and spec.loader is not None
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)  # plain numpy + onnx: nothing of this project
+    return runner
+
+
+@pytest.mark.slow
+# th_pix: not values any pixel holds exactly (ties differ by one ulp); for LR-ASPP (its final head
+# reads an earlier feature, passed along as `skip`) some images leave and the rest reach the final.
+@pytest.mark.parametrize(("arch", "first", "th_pix"), [
+    ("fcn_resnet18", 0, [0.405, 0.405]),
+    ("lraspp_mobilenet_v3_large", 1, [0.365, 0.405]),
+])
+def test_onnx_graphs_and_runner_equal_the_cascade_one_image_and_batched(
+    arch, first, th_pix, tmp_path
+) -> None:
     pytest.importorskip("onnx")
+    network = _network(arch)
     x = _images()
-    exits = list(resnet.exit_ids[:2])
-    th_pix = [0.405, 0.405]  # not a value any pixel holds exactly (ties differ by one ulp)
+    exits = list(network.exit_ids[first : first + 2])
     with torch.no_grad():
-        c_img = ExitDecision()(resnet.forward_native(x)[exits[0]], th_pix[0]).tolist()
+        c_img = ExitDecision()(network.forward_native(x)[exits[0]], th_pix[0]).tolist()
     th_img = _straddling_th_img(c_img)
-    module = build_cascade_module(resnet, exits=[*exits, "final"], th_pix=th_pix, th_img=th_img,
+    module = build_cascade_module(network, exits=[*exits, "final"], th_pix=th_pix, th_img=th_img,
                                   input_size=SIZE)
     out = tmp_path / "onnx"
     export_cascade(module, fmt="onnx", out=out, metadata={"run": 3}, example=x[:1])
     names = sorted(p.name for p in out.iterdir())
     assert "run_cascade.py" in names and "cascade.json" in names
     assert {"stage_0.onnx", "head_0.onnx", "decision_0.onnx", "upsample_2.onnx"} <= set(names)
-    spec = importlib.util.spec_from_file_location("run_cascade", out / "run_cascade.py")
-    assert spec is not None and spec.loader is not None
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)  # plain numpy + onnx: nothing of this project
-    cascade = runner.Cascade(out)
-    ref = _reference(resnet, x, exits, th_pix, th_img)
-    assert len(set(ref.exit_ids)) > 1
+    cascade = _onnx_runner(out).Cascade(out)
+    ref = _reference(network, x, exits, th_pix, th_img)
+    assert len(set(ref.exit_ids)) > 1 and "final" in ref.exit_ids
+    singles = []
     for n in range(x.shape[0]):
-        logits, exit_id = cascade(x[n : n + 1].numpy())
-        assert exit_id == ref.exit_ids[n]
+        logits, exit_ids = cascade(x[n : n + 1].numpy())
+        assert exit_ids == [ref.exit_ids[n]]
         torch.testing.assert_close(torch.from_numpy(logits), ref.logits[n : n + 1],
                                    rtol=0, atol=1e-4)
+        singles.append(logits)
+    # A batch is split at each exit and the images that continue are regrouped: per image the
+    # same exits and logits as one at a time (up to the float rounding of batched kernels).
+    logits, exit_ids = cascade(x.numpy())
+    assert exit_ids == ref.exit_ids
+    torch.testing.assert_close(torch.from_numpy(logits),
+                               torch.from_numpy(np.concatenate(singles)), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_onnx_runner_batch_where_every_image_leaves_or_none_does(resnet, tmp_path) -> None:
+    pytest.importorskip("onnx")
+    x = _images(3)
+    exit_id = resnet.exit_ids[0]
+    for th, where in ((0.01, exit_id), (1.0, "final")):
+        module = build_cascade_module(resnet, exits=[exit_id, "final"], th_pix=[th],
+                                      th_img=th, input_size=SIZE)
+        out = tmp_path / f"onnx-{th}"
+        export_cascade(module, fmt="onnx", out=out, metadata={}, example=x[:1])
+        logits, exit_ids = _onnx_runner(out).Cascade(out)(x.numpy())
+        ref = _reference(resnet, x, [exit_id], [th], th)
+        assert exit_ids == ref.exit_ids == [where] * 3
+        torch.testing.assert_close(torch.from_numpy(logits), ref.logits, rtol=0, atol=1e-4)
 
 
 def test_onnx_decision_equals_the_policy_on_real_logits(resnet) -> None:
