@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ def _record(row: Latency) -> LatencyRecord:
         samples_ms=from_bytes(row.samples_ms, np.float64, (row.n,)), gflops=row.gflops,
         params=row.params, created=aware(row.created), predicted_ms=row.predicted_ms,
         noisy=bool(row.noisy), quality=row.quality, source=row.source or "measured",
+        provenance=dict(row.provenance) if row.provenance is not None else None,
     )
 
 
@@ -56,6 +57,7 @@ def upsert_latency(
     noisy: bool = False,
     quality: dict[str, Any] | None = None,
     source: str = "measured",
+    provenance: Mapping[str, Any] | None = None,
 ) -> LatencyRecord:
     """Store the timing samples of one component; a new measurement replaces the old one.
 
@@ -64,6 +66,8 @@ def upsert_latency(
     component estimates it was compared with; the components themselves take none. `noisy`
     marks a row stored although its profile failed the stability checks; `quality` keeps its
     spread figures. `source` "predicted" marks a few-shot prediction (never a path check).
+    `provenance` keeps where samples not timed in-process came from (a probe import: pack
+    and results hashes, when, load), a JSON object.
     """
     if kind not in LATENCY_KINDS:
         raise ValueError(f"kind must be one of {LATENCY_KINDS}, got {kind!r}")
@@ -95,7 +99,8 @@ def upsert_latency(
     values = dict(latency_stats(x), samples_ms=to_bytes(x), gflops=float(gflops), params=int(params),
                   predicted_ms=None if predicted_ms is None else float(predicted_ms),
                   noisy=bool(noisy), quality=None if quality is None else dict(quality),
-                  source=source)
+                  source=source,
+                  provenance=None if provenance is None else dict(provenance))
     row = Latency(
         model_id=model_id, device_id=device_id, kind=kind, name=name, input_shape=key,
         batch=batch, dtype=dtype, **values,

@@ -212,7 +212,8 @@ class _Merger:
 
     def latency(self) -> None:
         names = ("n", "mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms",
-                 "samples_ms", "gflops", "params", "predicted_ms", "noisy", "quality", "source")
+                 "samples_ms", "gflops", "params", "predicted_ms", "noisy", "quality", "source",
+                 "provenance")
         for lat in self.src.scalars(select(Latency).order_by(Latency.id)):
             model_id, device_id = self.model_ids[lat.model_id], self.device_ids[lat.device_id]
             key = dict(model_id=model_id, device_id=device_id, kind=lat.kind, name=lat.name,

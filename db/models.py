@@ -179,6 +179,9 @@ class Latency(Base):
     quality: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # "measured", or "predicted" (few-shot: `quality` holds the model and its CV error)
     source: Mapped[str] = mapped_column(String(20), default="measured", server_default="measured")
+    # Where samples not timed in-process came from: a probe import {"via": "probe",
+    # "pack_sha256": ..., "results_sha256": ..., ...}; None for `dse profile`'s own timings.
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class ProfileQuality(Base):

@@ -253,6 +253,7 @@ class LatencyRecord:
     noisy: bool = False  # stored although its profile failed the stability checks
     quality: dict[str, Any] | None = None  # spread figures (profiling.quality); None: older rows
     source: str = "measured"  # or "predicted": `quality` then holds the model and its CV error
+    provenance: dict[str, Any] | None = None  # where imported samples came from (probe)
 
     @property
     def predicted(self) -> bool:

@@ -239,12 +239,14 @@ def pack_sha256(folder) -> str:
     return digest.hexdigest()
 
 
-def component_runs(folder, manifest: dict, make_session, *, seed: int = 0) -> list:
-    """``[(key, run)]`` in the manifest's (cascade) order, each ``run()`` a zero-argument call
-    of its graph bound to real inputs: the first segment reads a seeded random image, every
-    other input is its producer's output, computed here once."""
+def component_runs(folder, manifest: dict, make_session, *, seed: int = 0, image=None) -> list:
+    """``[(key, session, feeds)]`` in the manifest's (cascade) order: each graph's runner and its
+    real inputs. The first segment reads ``image`` (default: a seeded standard-normal array of
+    its input shape); every other input is its producer's output, computed here once."""
     folder = Path(folder)
     values = {}
+    if image is not None:
+        values[IMAGE] = np.ascontiguousarray(image, dtype=np.float32)
     runs = []
     for component in manifest["components"]:
         session = make_session(folder / component["file"])
@@ -262,16 +264,16 @@ def component_runs(folder, manifest: dict, make_session, *, seed: int = 0) -> li
                                  f"{tuple(values[source].shape)}; make the pack again")
             feeds[spec["name"]] = values[source]
         values[component["key"]] = session(feeds)[0]
-        runs.append((component["key"], lambda s=session, f=feeds: s(f)))
+        runs.append((component["key"], session, feeds))
     return runs
 
 
 # ----------------------------------------------------------------------------- timing
 def time_rounds(runs: list, *, warmup: int = 3, rounds: int = 20, min_time_s: float = 0.0,
                 max_rounds: int = 10000) -> dict:
-    """The probe's own timing loop: ``warmup`` untimed rounds, then rounds (every component
-    once, in order) until ``rounds`` and ``min_time_s`` are both reached (at most
-    ``max_rounds``). Returns {key: [ms per run]}."""
+    """The probe's own timing loop over ``[(key, run)]``: ``warmup`` untimed rounds, then rounds
+    (every component once, in order) until ``rounds`` and ``min_time_s`` are both reached (at
+    most ``max_rounds``). Returns {key: [ms per run]}."""
     if warmup < 0 or rounds < 1 or not (min_time_s >= 0 and math.isfinite(min_time_s)):
         raise ProbeError("warmup must be >= 0, rounds >= 1 and min-time a number >= 0")
     samples = {key: [] for key, _ in runs}
@@ -308,7 +310,8 @@ def measure(folder, settings: RuntimeSettings, *, warmup: int = 3, rounds: int =
     started = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 - Python 3.8
     load_before = load_average()
     clock = time.perf_counter()
-    runs = component_runs(folder, manifest, make_session)
+    runs = [(key, lambda s=session, f=feeds: s(f))
+            for key, session, feeds in component_runs(folder, manifest, make_session)]
     samples = time_rounds(runs, warmup=warmup, rounds=rounds, min_time_s=min_time_s)
     results = {
         "format": RESULTS_FORMAT,
