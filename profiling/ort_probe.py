@@ -233,8 +233,10 @@ def pack_sha256(folder) -> str:
             raise ProbeError(f"{folder} misses {name}; copy the whole pack folder")
         file_digest = hashlib.sha256()
         with open(path, "rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+            block = handle.read(1 << 20)
+            while block:
                 file_digest.update(block)
+                block = handle.read(1 << 20)
         digest.update(name.encode() + b"\0" + file_digest.hexdigest().encode() + b"\n")
     return digest.hexdigest()
 
@@ -276,7 +278,7 @@ def time_rounds(runs: list, *, warmup: int = 3, rounds: int = 20, min_time_s: fl
     most ``max_rounds``). Returns {key: [ms per run]}."""
     if warmup < 0 or rounds < 1 or not (min_time_s >= 0 and math.isfinite(min_time_s)):
         raise ProbeError("warmup must be >= 0, rounds >= 1 and min-time a number >= 0")
-    samples = {key: [] for key, _ in runs}
+    samples: dict = {key: [] for key, _ in runs}
     for _ in range(warmup):
         for _, run in runs:
             run()

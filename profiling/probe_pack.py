@@ -131,8 +131,9 @@ def write_pack(network: MessNetwork, out: str | Path, *, model_name: str,
         shutil.copyfile(ort_probe.__file__, staged / ort_probe.SCRIPT_FILE)
         sha = ort_probe.pack_sha256(staged)
         shutil.move(str(staged), str(out))
+    requested = tuple(key_of(*k) for k in keys) if keys is not None else None
     return PackInfo(path=out, sha256=sha, components=tuple(g.key for g in graphs),
-                    requested=tuple(manifest["requested"]) if keys is not None else None)
+                    requested=requested)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,13 +208,14 @@ def read_results(results: str | Path, pack: str | Path | None = None) -> ProbeRe
     fingerprint = data.get("fingerprint")
     if not isinstance(fingerprint, dict) or fingerprint.get("runtime") != "onnxruntime":
         raise ProfilingError(f"{path} has no ONNX Runtime device fingerprint; run the probe again")
+    results_sha = hashlib.sha256(raw).hexdigest()
     provenance = {
-        "via": "probe", "pack_sha256": pack_sha, "results_sha256": hashlib.sha256(raw).hexdigest(),
+        "via": "probe", "pack_sha256": pack_sha, "results_sha256": results_sha,
         "results_version": version,
         **{k: data.get(k) for k in ("started_utc", "duration_s", "load_before", "load_after",
                                     "protocol", "python", "numpy")},
     }
-    return ProbeResults(path=path, sha256=provenance["results_sha256"], pack_sha256=pack_sha,
+    return ProbeResults(path=path, sha256=results_sha, pack_sha256=pack_sha,
                         manifest=manifest, fingerprint=fingerprint, samples_ms=samples,
                         provenance=provenance)
 

@@ -6,6 +6,7 @@ from dse.cli import (
     _deploy,  # noqa: F401
     _inspect,  # noqa: F401
     _pareto,  # noqa: F401
+    _probe,  # noqa: F401
     _profile,  # noqa: F401
     _report,  # noqa: F401
     _train,  # noqa: F401

@@ -51,8 +51,8 @@ def _print_table(rows: list[dict], device: str) -> None:
 
 @app.command("profile")
 def profile_command(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint from `dse train`.")],
     device: Annotated[str, typer.Option("--device", help="Name of this machine (e.g. laptop-cpu, jetson).")],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint from `dse train`.")] = None,
     data: Annotated[str | None, typer.Option("--data", help="Calibration dataset (default: the checkpoint's).")] = None,
     data_root: Annotated[str | None, typer.Option("--data-root", help="Dataset folder.")] = None,
     split: Annotated[str, typer.Option("--split", help="Calibration split or selection: val, 'val[::2]', ...")] = "val",
@@ -72,10 +72,26 @@ def profile_command(
     batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size of the latency profile.")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward in the accuracy pass.")] = 8,
     name: Annotated[str | None, typer.Option("--name", help="Model name in the store (default: checkpoint file name).")] = None,
+    import_results: Annotated[Path | None, typer.Option(
+        "--import", help="Store the results file a probe pack's probe.py wrote on a device.")] = None,
+    pack: Annotated[Path | None, typer.Option(
+        "--pack", help="With --import: the pack folder (default: the one holding RESULTS).")] = None,
     db: DbOption = DEFAULT_DB,
     json_output: JsonOption = False,
 ) -> None:
     """Profile a checkpoint: accuracy on a calibration split, then latency on this machine."""
+    if import_results is not None:
+        if checkpoint is not None:
+            raise DseError("--import stores a probe's results and takes no --checkpoint "
+                           "(the pack names the model); drop one")
+        from dse.cli._probe import import_probe
+
+        import_probe(import_results, pack, device, db, json_output)
+        return
+    if pack is not None:
+        raise DseError("--pack goes with --import RESULTS")
+    if checkpoint is None:
+        raise DseError("give --checkpoint CKPT (or --import RESULTS for a probe's results)")
     from profiling.run import ProfileRequest, run_profile
 
     request = ProfileRequest(

@@ -1,0 +1,123 @@
+"""`dse probe-pack` -> probe.py -> `dse profile --import`, and the refusals that store nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dse.cli import main
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from training.adapters import build_network
+    from training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    net = build_network("fcn_resnet18", num_classes=6, head_space=["nocrm-b0-fcn"],
+                        positions=["layer1.1", "layer3.1"])
+    save_checkpoint(path, net, meta={"input_size": [32, 32], "dataset": "synthetic"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def pack(checkpoint, tmp_path_factory):
+    from profiling import ort_probe
+
+    out = tmp_path_factory.mktemp("pack") / "tiny-pack"
+    assert main(["probe-pack", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    assert ort_probe.main([str(out), "--rounds", "3", "--warmup", "1"]) == 0
+    return out
+
+
+def _counts(db: str) -> dict[str, int]:
+    from db import repository
+    from db.session import open_store, session_scope
+
+    engine = open_store(db)
+    try:
+        with session_scope(engine, readonly=True) as s:
+            return repository.row_counts(s)
+    finally:
+        engine.dispose()
+
+
+def test_import_then_search_the_device(checkpoint, pack, tmp_path, capsys) -> None:
+    db = str(tmp_path / "m.db")
+    args = ["profile", "--import", str(pack / "results.json"), "--device", "pi", "--db", db,
+            "--json"]
+    assert main(args) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["imported"] == 11 and line["device"] == "pi"
+    assert main(args) == 0  # again: the same rows, replaced
+    capsys.readouterr()
+    assert _counts(db)["dse_latency"] == 11
+    assert main(["devices", "pi", "--json", "--db", db]) == 0
+    device = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert device["fingerprint"]["runtime"] == "onnxruntime"
+    # accuracy once (device-independent), then the imported device is searchable
+    assert main(["profile", "--checkpoint", str(checkpoint), "--device", "here", "--db", db,
+                 "--no-latency", "--limit", "4"]) == 0
+    capsys.readouterr()
+    assert main(["pareto", "--device", "pi", "--db", db, "--max-exits", "2", "--json"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert rows and all(r["latency_ms"] > 0 for r in rows)
+
+
+def test_bad_imports_say_one_line_and_store_nothing(pack, tmp_path, capsys) -> None:
+    from profiling import ort_probe
+
+    db = str(tmp_path / "m.db")
+    assert main(["db", "upgrade", "--db", db]) == 0
+    capsys.readouterr()
+    before = _counts(db)
+    good = json.loads((pack / "results.json").read_text())
+    newer = dict(good, version=ort_probe.RESULTS_VERSION + 1)
+    newer["checksum"] = ort_probe.checksum(newer)
+    edited = json.loads(json.dumps(good))
+    edited["samples_ms"]["segment:tail"][0] += 1.0
+    other = dict(good, pack_sha256="f" * 64)
+    other["checksum"] = ort_probe.checksum(other)
+    files = {"newer.json": json.dumps(newer), "edited.json": json.dumps(edited),
+             "other.json": json.dumps(other),
+             "truncated.json": (pack / "results.json").read_text()[:200]}
+    expected = {"newer.json": "newer than this mess-dse", "edited.json": "edited or damaged",
+                "other.json": "another pack", "truncated.json": "truncated"}
+    for name, text in files.items():
+        path = tmp_path / name
+        path.write_text(text)
+        code = main(["profile", "--import", str(path), "--pack", str(pack), "--device", "pi",
+                     "--db", db])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("error: ") and "\n" not in err, (name, err)
+        assert expected[name] in err
+        assert _counts(db) == before
+    assert main(["profile", "--import", str(tmp_path / "newer.json"), "--device", "pi",
+                 "--db", db]) == 2
+    assert "give --pack" in capsys.readouterr().err
+    assert main(["profile", "--import", str(pack / "results.json"), "--checkpoint", "x.pt",
+                 "--device", "pi", "--db", db]) == 2
+    assert main(["profile", "--device", "pi", "--db", db]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    assert _counts(db) == before
+
+
+def test_probe_pack_refusals(checkpoint, pack, tmp_path, capsys) -> None:
+    cases = [
+        (["--out", str(pack)], "already exists"),
+        (["--out", str(tmp_path / "no" / "p")], "does not exist"),
+        (["--out", str(tmp_path / "p"), "--components", "head:nowhere"], "no component"),
+        (["--out", str(tmp_path / "p"), "--components", ","], "--components is empty"),
+        (["--out", str(tmp_path / "p"), "--input-size", "4x4"], "input size"),
+    ]
+    for extra, message in cases:
+        assert main(["probe-pack", "--checkpoint", str(checkpoint), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
+        assert not (tmp_path / "p").exists()
