@@ -154,3 +154,42 @@ class OrtCascade:
 def _cascade_meta(module: Any) -> dict[str, Any]:
     return {"exit_ids": list(module.exit_ids), "th_img": float(module.th_img),
             "num_classes": int(module.num_classes)}
+
+
+@dataclass
+class OnnxRuntimeBackend:
+    """The latency pass's timing backend for ONNX Runtime (profiling.backends.TimingBackend).
+
+    ``workload`` exports the network's components and loads them under ``settings``; the
+    fingerprint is the probe's own (`ort_probe.fingerprint`), so a profile measured here and one
+    a probe pack brings back from the same machine with the same settings are the same device.
+    """
+
+    settings: ort_probe.RuntimeSettings
+    runtime: str = RUNTIME
+    _loaded: list[Any] = field(default_factory=list, repr=False)
+
+    def fingerprint(self) -> dict[str, Any]:
+        try:
+            return ort_probe.fingerprint(self.settings)
+        except ort_probe.ProbeError as exc:
+            raise ProfilingError(str(exc)) from exc
+
+    def workload(self, network: MessNetwork, x: torch.Tensor) -> Any:
+        from profiling.backends import Workload
+
+        components = load_components(network, x, self.settings)
+        self._loaded.append(components)
+        calls = {key: call for key, call in components.calls.items() if key[0] != "segment"}
+        return Workload(device=torch.device("cpu"), chain=tuple(components.chain),
+                        chain_input=components.chain_input, calls=calls)
+
+    def cascade_call(self, module: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+        cascade = OrtCascade(module, x, self.settings)
+        self._loaded.append(cascade)
+        return partial(cascade.run, x.detach().cpu().numpy())
+
+    def close(self) -> None:
+        """Remove the exported graphs (the calls handed out stop working)."""
+        while self._loaded:
+            self._loaded.pop().close()

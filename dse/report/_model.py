@@ -91,8 +91,12 @@ class RunData:
 
     @property
     def label(self) -> str:
-        """Short name of the run in legends: `run 3 · jetson` (not escaped)."""
-        return f"run {self.run.id} · {self.run.device_name}"
+        """Short name of the run in legends: `run 3 · jetson`, with the runtime when it is not
+        torch eager (`run 4 · jetson · onnxruntime`), so one machine's runtimes overlay like two
+        devices (not escaped)."""
+        runtime = self.run.device_fingerprint.get("runtime", "torch")
+        suffix = "" if runtime == "torch" else f" · {runtime}"
+        return f"run {self.run.id} · {self.run.device_name}{suffix}"
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

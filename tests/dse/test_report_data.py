@@ -181,6 +181,18 @@ def test_cross_device_links_the_same_configuration() -> None:
     assert [p.config for p in data.runs[1].points] == ["C1", "C2", "C3", "C4"]
 
 
+def test_one_machine_under_two_runtimes_overlays_like_two_devices() -> None:
+    fp = {"cpu": "Test CPU", "threads": 1, "torch": "2.14.1"}
+    ort_fp = {"cpu": "Test CPU", "threads": 1, "runtime": "onnxruntime", "onnxruntime": "1.32.0"}
+    eager = RunData(run=make_run(1, device="laptop", fingerprint=fp), candidates=tuple(records(1)))
+    ort = RunData(run=make_run(2, device="laptop", fingerprint=ort_fp),
+                  candidates=tuple(records(2, scale=0.5)))
+    data = cross_device_data([eager, ort])
+    assert [r.label for r in data.runs] == ["run 1 · laptop", "run 2 · laptop · onnxruntime"]
+    c3 = next(c for c in data.configs if c.exits == (A, C, "final"))
+    assert [cell.latency_ms for cell in c3.cells] == [30.0, 15.0]  # type: ignore[union-attr]
+
+
 def test_cross_device_configuration_missing_in_a_run() -> None:
     first = RunData(run=make_run(1), candidates=tuple(records(1)))
     only = tuple(c for c in records(2) if c.index != 2)
