@@ -35,6 +35,7 @@ from profiling.timing import (
     time_callable,
 )
 from training.heads import FINAL_EXIT
+from training.onnx_components import TIMING_TH_PIX as ONNX_TIMING_TH_PIX
 
 if TYPE_CHECKING:
     from training.network import MessNetwork
@@ -42,8 +43,9 @@ if TYPE_CHECKING:
 Key = tuple[str, str]  # (component kind, name), as stored: ("segment", "layer2.1")
 RoundProgress = Callable[[int, int, int], None]  # (pass, rounds done, components in the pass)
 
-# Threshold the decision is timed with: its cost does not depend on the value.
-TIMING_TH_PIX = 0.9
+# Threshold the decision is timed with (its cost does not depend on the value): the one the ONNX
+# component graphs are exported with, so both runtimes time the same decision.
+TIMING_TH_PIX = ONNX_TIMING_TH_PIX
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -178,6 +178,8 @@ class VerifyRequest:
     repeat: int = 5
     force: bool = False
     compute: str | None = None  # None: the run's device kind (its fingerprint's "compute")
+    # None: the runtime the run's device was profiled with; given, it must be that one.
+    runtime: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,14 +199,30 @@ def run_verify(db: str, request: VerifyRequest, *,
     stored = _read(db, request.run, request.candidate)
     network = candidate_network(stored, request.checkpoint)
     fingerprint = dict(stored.run.device_fingerprint)
-    device = resolve_device(request.compute or str(fingerprint.get("compute", "cpu")))
-    dtype = DTYPES.get(str(fingerprint.get("dtype", "float32")), torch.float32)
+    runtime = _runtime(stored, request.runtime)
     threads = int(fingerprint.get("threads") or 1)
-    here = device_fingerprint(device, dtype=dtype, threads=threads)
+    module: Any
+    if runtime == "onnxruntime":
+        from profiling.onnxruntime_backend import OnnxRuntimeBackend, OrtCascade, runtime_settings
+
+        device, dtype = torch.device("cpu"), torch.float32
+        settings = runtime_settings(
+            threads=threads, optimization=str(fingerprint.get("graph_optimization", "all")),
+            provider=str(fingerprint.get("provider", "CPUExecutionProvider")))
+        here = OnnxRuntimeBackend(settings).fingerprint()
+    else:
+        device = resolve_device(request.compute or str(fingerprint.get("compute", "cpu")))
+        dtype = DTYPES.get(str(fingerprint.get("dtype", "float32")), torch.float32)
+        here = device_fingerprint(device, dtype=dtype, threads=threads)
     warnings = _check_device(fingerprint, here, device_name=stored.run.device_name,
                              force=request.force)
     dataset, same = _dataset(stored, request)
-    module = candidate_cascade(network, stored).to(device=device, dtype=dtype)
+    if runtime == "onnxruntime":
+        # What `dse export --format onnx` writes, run by its own numpy runner.
+        module = OrtCascade(candidate_cascade(network, stored),
+                            torch.zeros(1, 3, *stored.input_size), settings)
+    else:
+        module = candidate_cascade(network, stored).to(device=device, dtype=dtype)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -216,6 +234,8 @@ def run_verify(db: str, request: VerifyRequest, *,
         )
     finally:
         torch.set_num_threads(previous)
+        if runtime == "onnxruntime":
+            module.close()
     result = compare(Prediction.from_candidate(stored.candidate), measured, same_images=same)
     if measured.latency_unstable:
         warnings.append(
@@ -242,6 +262,21 @@ def run_verify(db: str, request: VerifyRequest, *,
     finally:
         engine.dispose()
     return VerifyOutcome(comparison=result, warnings=tuple(warnings))
+
+
+def _runtime(stored: StoredCandidate, asked: str | None) -> str:
+    """The runtime to verify with: the one the run's device was profiled with.
+
+    Raises:
+        ProfilingError: another runtime asked for (its timings would not be comparable).
+    """
+    profiled = str(stored.run.device_fingerprint.get("runtime", "torch"))
+    if asked is not None and asked != profiled:
+        raise ProfilingError(
+            f"run {stored.run.id} was searched on device '{stored.run.device_name}', profiled "
+            f"with {profiled}; verify it with --runtime {profiled}, or profile and search a "
+            f"{asked} device first")
+    return profiled
 
 
 def _read(db: str, run_id: int, index: int) -> StoredCandidate:

@@ -210,8 +210,11 @@ def profile_latency(
     try:
         network.eval().to(device=device, dtype=settings.dtype)
         check_input_size(network, input_size, device, settings.dtype)
-        fingerprint = {**device_fingerprint(device, dtype=settings.dtype, threads=settings.threads),
-                       **backend.fingerprint()}
+        # Torch eager adds nothing to the torch fingerprint; another runtime describes the
+        # machine itself (its fingerprint replaces torch's, whose settings it does not use).
+        base = (device_fingerprint(device, dtype=settings.dtype, threads=settings.threads)
+                if backend.runtime == "torch" else {})
+        fingerprint = {**base, **backend.fingerprint()}
         record, warnings = find_device(engine, device_name, fingerprint)
         shape = (settings.batch, 3, *input_size)
         rows = []

@@ -13,6 +13,7 @@ with its provenance in each row's ``provenance``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -59,21 +60,17 @@ def parse_component(key: str) -> tuple[str, str]:
 
 def model_rows(network: MessNetwork, input_size: tuple[int, int]) -> tuple[dict[str, Any],
                                                                            list[dict[str, Any]]]:
-    """The model's store row (name excluded) and its exit rows, as JSON-ready dicts."""
+    """The model's store row (name excluded) and its exit rows (`profiling.run.exit_inputs`,
+    without the input shape), as JSON-ready dicts for the pack's manifest."""
+    from profiling.run import exit_inputs
     from training.checkpoint import describe_network, weights_sha256
+    from training.flops import network_components
 
-    costs = {(c.kind, c.name): c for c in network.components(input_size)}
+    costs = {(c.kind, c.name): c for c in network_components(network, input_size)}
     model = {"arch": network.arch, "architecture": describe_network(network),
              "weights_sha256": weights_sha256(network), "num_classes": int(network.num_classes)}
-    exits = [{"exit_id": e.id, "position": e.position,
-              "position_index": network.position_of(e.id).index,
-              "head": {"id": e.head.id, "crm": e.head.crm, "blocks": e.head.blocks,
-                       "rdi": e.head.rdi, "kind": e.head.kind},
-              "params": costs[("head", e.id)].params, "gflops": costs[("head", e.id)].gflops}
-             for e in network.exits]
-    final = costs[("final", "final")]
-    exits.append({"exit_id": "final", "position": "tail", "position_index": len(network.positions),
-                  "head": {"id": "final"}, "params": final.params, "gflops": final.gflops})
+    exits = [{k: v for k, v in dataclasses.asdict(e).items() if k != "input_shape"}
+             for e in exit_inputs(network, costs, input_size)]
     return model, exits
 
 
@@ -105,8 +102,10 @@ def write_pack(network: MessNetwork, out: str | Path, *, model_name: str,
     if not out.parent.is_dir():
         raise ProfilingError(f"folder {out.parent} does not exist; create it first")
     keys = [parse_component(k) for k in components] if components is not None else None
+    from training.flops import network_components
+
     model, exits = model_rows(network, input_size)
-    costs = {(c.kind, c.name): c for c in network.components(input_size)}
+    costs = {(c.kind, c.name): c for c in network_components(network, input_size)}
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staged = Path(tmp) / out.name
         staged.mkdir()

@@ -34,11 +34,15 @@ from training.heads import FINAL_EXIT
 from training.policy import ExitPolicy
 
 if TYPE_CHECKING:
+    from profiling.onnxruntime_backend import OnnxRuntimeBackend  # noqa: F401
     from training.network import MessNetwork
 
 # (pass, done, total or None while unknown, current step): "accuracy" counts images,
 # "latency" counts timed rounds of the current pass (components, re-measurements, closed loop).
 ProfileProgress = Callable[[str, int, int | None, str], None]
+
+
+RUNTIMES = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,10 +62,14 @@ class ProfileRequest:
         batch: batch of the latency pass; batch_size: images per forward of the accuracy pass.
         name: model name in the store (None: the checkpoint's file name).
         policy: the exit policy to profile (None: the network's own decision, the default).
-        backend, protocol: timing backend and protocol of the latency pass (None: torch eager,
-            interleaved with `timing`).
+        backend, protocol: timing backend and protocol of the latency pass (None: the
+            `runtime`'s backend, interleaved with `timing`).
         keep_noisy: store a latency run that failed its checks (rows marked noisy) instead of
             refusing it (`profiling.verdict.UnstableProfileError`, nothing stored).
+        runtime: "torch" (eager, the default) or "onnxruntime" (every component exported to
+            ONNX and run by ONNX Runtime with `threads`, `optimization` and `provider`).
+        optimization: ONNX Runtime graph optimisation level (disable, basic, extended, all).
+        provider: ONNX Runtime execution provider.
     """
 
     checkpoint: Path
@@ -84,6 +92,9 @@ class ProfileRequest:
     backend: TimingBackend | None = None
     protocol: TimingProtocol | None = None
     keep_noisy: bool = False
+    runtime: str = "torch"
+    optimization: str = "all"
+    provider: str = "CPUExecutionProvider"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))
@@ -94,6 +105,8 @@ class ProfileRequest:
             raise ValueError("limit: must be >= 1")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads: must be >= 1")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime: must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,10 +137,9 @@ class ProfileOutcome:
     rows: tuple[ExitRow, ...]
 
 
-def register_model(engine: Engine, network: MessNetwork, name: str, input_size: tuple[int, int]
-                   ) -> tuple[int, dict[tuple[str, str], Component]]:
-    """Model and exit rows (head GFLOPs/params at this input shape); returns id and costs."""
-    costs = {(c.kind, c.name): c for c in network_components(network, input_size)}
+def exit_inputs(network: MessNetwork, costs: Mapping[tuple[str, str], Component],
+                input_size: tuple[int, int]) -> list[ExitInput]:
+    """The exit rows of a network: every candidate exit and "final", with the head's cost."""
     shape = (1, 3, *input_size)
     exits = [
         ExitInput(exit_id=e.id, position=e.position, position_index=network.position_of(e.id).index,
@@ -141,6 +153,14 @@ def register_model(engine: Engine, network: MessNetwork, name: str, input_size: 
     exits.append(ExitInput(exit_id=FINAL_EXIT, position="tail",
                            position_index=len(network.positions), head={"id": FINAL_EXIT},
                            params=final.params, gflops=final.gflops, input_shape=shape))
+    return exits
+
+
+def register_model(engine: Engine, network: MessNetwork, name: str, input_size: tuple[int, int]
+                   ) -> tuple[int, dict[tuple[str, str], Component]]:
+    """Model and exit rows (head GFLOPs/params at this input shape); returns id and costs."""
+    costs = {(c.kind, c.name): c for c in network_components(network, input_size)}
+    exits = exit_inputs(network, costs, input_size)
     with session_scope(engine) as s:
         model = repository.upsert_model(
             s, name=name, arch=network.arch, architecture=describe_network(network),
@@ -182,6 +202,10 @@ def run_profile(db: str, request: ProfileRequest, *,
     lat_settings = LatencySettings(batch=request.batch, dtype=torch_dtype, timing=request.timing,
                                    threads=request.threads or torch.get_num_threads(),
                                    keep_noisy=request.keep_noisy)
+    owned = None  # a backend made here, closed here (ONNX Runtime's exported graphs)
+    if request.backend is None and request.latency and request.runtime == "onnxruntime":
+        owned = onnxruntime_backend(request, threads=lat_settings.threads)
+    backend = request.backend or owned
     engine = open_store(db, create=True)
     try:
         model_id, costs = register_model(engine, network, request.name or request.checkpoint.stem,
@@ -205,7 +229,7 @@ def run_profile(db: str, request: ProfileRequest, *,
             latency = profile_latency(
                 engine, network, model_id=model_id, device_name=request.device, input_size=size,
                 device=torch_device, settings=lat_settings, policy=policy,
-                backend=request.backend, protocol=request.protocol,
+                backend=backend, protocol=request.protocol,
                 progress=(lambda done, total, step: progress("latency", done, total, step))
                 if progress else None,
             )
@@ -214,9 +238,33 @@ def run_profile(db: str, request: ProfileRequest, *,
             p50 = _stored_p50(engine, model_id, latency, (request.batch, 3, *size), lat_settings)
     finally:
         engine.dispose()
+        if owned is not None:
+            owned.close()
     return ProfileOutcome(model_id=model_id, device=request.device, policy=policy,
                           accuracy=accuracy, latency=latency,
                           rows=tuple(exit_rows(network, costs, summaries, p50)))
+
+
+def onnxruntime_backend(request: ProfileRequest, *, threads: int) -> OnnxRuntimeBackend:
+    """The ONNX Runtime backend a request asks for, checked before anything is written.
+
+    Raises:
+        ProfilingError: not float32 on the CPU, onnx or onnxruntime missing, a bad optimisation
+            level or an execution provider this machine lacks.
+    """
+    from profiling.onnxruntime_backend import OnnxRuntimeBackend, runtime_settings
+    from training._onnx_export import check_onnx_available
+    from training.errors import TrainingError
+
+    if request.compute != "cpu" or request.dtype != "float32":
+        raise ProfilingError("--runtime onnxruntime times float32 graphs fed from the CPU; use "
+                             "--compute cpu --dtype float32 (choose the device with --provider)")
+    try:
+        check_onnx_available()
+    except TrainingError as exc:
+        raise ProfilingError(str(exc)) from exc
+    return OnnxRuntimeBackend(runtime_settings(threads=threads, optimization=request.optimization,
+                                               provider=request.provider))
 
 
 def exit_rows(network: MessNetwork, costs: Mapping[tuple[str, str], Component],

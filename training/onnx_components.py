@@ -146,7 +146,7 @@ class _Final(nn.Module):
 
 def _modules(network: MessNetwork, input_size: tuple[int, int]) -> dict[tuple[str, str], nn.Module]:
     from training._onnx_export import OnnxDecision
-    from training.export import Upsample
+    from training.cascade import Upsample
 
     policy = network.decision
     modules: dict[tuple[str, str], nn.Module] = {}

@@ -69,6 +69,10 @@ def verify_command(
         str | None,
         typer.Option("--compute", help="Torch device: cpu or cuda[:N] (default: the run's)."),
     ] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", help="torch or onnxruntime (default: the run's device's)."),
+    ] = None,
     db: DbOption = "sqlite:///mess.db",
     json_output: JsonOption = False,
 ) -> None:
@@ -79,7 +83,7 @@ def verify_command(
 
     request = VerifyRequest(run=run, candidate=candidate, checkpoint=checkpoint, data=data,
                             data_root=data_root, split=split, limit=limit, repeat=repeat,
-                            force=force, compute=compute)
+                            force=force, compute=compute, runtime=runtime)
     with Progress(console=err_console, transient=True, disable=json_output) as bar:
         task = bar.add_task("verifying", total=None)
         outcome = run_verify(db, request, progress=lambda done, total: bar.update(

@@ -62,7 +62,7 @@ def profile_command(
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Latency profile on this machine.")] = True,
     compute: ComputeOption = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="float32, or float16 on CUDA.")] = "float32",
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads (default: torch's).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch (or ONNX Runtime intra-op) threads (default: torch's).")] = None,
     repeat: Annotated[int, typer.Option("--repeat", help="Timed rounds (every component once per round, in cascade order).")] = 20,
     min_time: Annotated[float, typer.Option("--min-time", help="Keep taking rounds until their timed work adds up to this many seconds.")] = 0.0,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed rounds first.")] = 3,
@@ -72,6 +72,12 @@ def profile_command(
     batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size of the latency profile.")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward in the accuracy pass.")] = 8,
     name: Annotated[str | None, typer.Option("--name", help="Model name in the store (default: checkpoint file name).")] = None,
+    runtime: Annotated[str, typer.Option(
+        "--runtime", help="torch (eager) or onnxruntime (every component as ONNX).")] = "torch",
+    optimization: Annotated[str, typer.Option(
+        "--optimization", help="ONNX Runtime graph optimisation: disable|basic|extended|all.")] = "all",
+    provider: Annotated[str, typer.Option(
+        "--provider", help="ONNX Runtime execution provider.")] = "CPUExecutionProvider",
     import_results: Annotated[Path | None, typer.Option(
         "--import", help="Store the results file a probe pack's probe.py wrote on a device.")] = None,
     pack: Annotated[Path | None, typer.Option(
@@ -92,7 +98,10 @@ def profile_command(
         raise DseError("--pack goes with --import RESULTS")
     if checkpoint is None:
         raise DseError("give --checkpoint CKPT (or --import RESULTS for a probe's results)")
-    from profiling.run import ProfileRequest, run_profile
+    from profiling.run import RUNTIMES, ProfileRequest, run_profile
+
+    if runtime not in RUNTIMES:
+        raise DseError(f"unknown --runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
 
     request = ProfileRequest(
         checkpoint=checkpoint, device=device, data=data, data_root=data_root, split=split,
@@ -101,6 +110,7 @@ def profile_command(
         timing=timing_settings(warmup=warmup, repeat=repeat, min_time=min_time,
                                stability=stability, remeasure=remeasure),
         batch=batch, batch_size=batch_size, name=name, keep_noisy=keep_noisy,
+        runtime=runtime, optimization=optimization, provider=provider,
     )
     with ProfileBars() as bars:
         outcome = run_profile(db, request, progress=bars.advance)

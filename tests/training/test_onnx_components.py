@@ -8,6 +8,7 @@ import torch
 
 from training.adapters import build_network, describe_positions
 from training.errors import TrainingError
+from training.flops import network_components
 from training.onnx_components import (
     IMAGE,
     cascade_order,
@@ -49,7 +50,7 @@ def test_every_component_is_exported_once_and_equals_the_network(arch, tmp_path)
     assert [(g.kind, g.name) for g in graphs] == cascade_order(network)
     keys = [g.key for g in graphs]
     assert len(set(keys)) == len(keys)
-    expected = {component_key(c.kind, c.name) for c in network.components(SIZE)}
+    expected = {component_key(c.kind, c.name) for c in network_components(network, SIZE)}
     expected |= {component_key("upsample", e) for e in (*network.exit_ids, "final")}
     assert set(keys) == expected
     image = np.random.default_rng(3).standard_normal((2, 3, *SIZE), dtype=np.float32)
