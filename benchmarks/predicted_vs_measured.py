@@ -1,8 +1,9 @@
 """Benchmark (not a test): how well does the search's latency prediction hold on this CPU?
 
 For every point of the first Pareto front of a stored search run, run the real early-exit network
-(training.cascade.s pruned cascade) over the calibration images, image by image, and compare the
-measured mean latency with the predicted one. Target: median |error| <= 5%, every point within
+(training.cascade's pruned cascade, or for a device profiled with `--runtime onnxruntime` the
+ONNX export of it run by its numpy runner under the profile's ONNX Runtime settings) over the
+calibration images, image by image, and compare the measured mean latency with the predicted one. Target: median |error| <= 5%, every point within
 10% (nn-Meter's bar: 99% of models within +/-10% on a mobile CPU).
 
     # once: a trained checkpoint, profiled and searched on this machine
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from db import repository
     from db.session import open_store, session_scope
-    from profiling.deploy import candidate_cascade, candidate_network, read_candidate
+    from profiling.deploy import DeployTarget, candidate_network, read_candidate
     from profiling.errors import ProfilingError
     from profiling.timing import TimingSettings
     from profiling.verify import Prediction, compare, measure_cascade
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except ProfilingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    threads = int(run.device_fingerprint.get("threads") or 1)
+    # The run's device's runtime (torch eager or ONNX Runtime) and settings, as `dse verify`.
+    target = DeployTarget.of(stored[0])
+    threads = target.threads
     torch.set_num_threads(threads)
     size = args.limit or calib.num_samples
     dataset = build_dataset(calib.dataset, root=args.data_root, split=calib.split,
@@ -67,16 +70,19 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for one in stored:
-        module = candidate_cascade(network, one)
+        module = target.module(network, one)
         measured = measure_cascade(
             module, cast(Any, dataset), exit_ids=module.exit_ids, num_classes=network.num_classes,
-            device=torch.device("cpu"), dataset_name=calib.dataset, split=calib.split,
-            device_name=run.device_name, timing=TimingSettings(warmup=0, repeat=args.repeat),
+            device=target.device, dtype=target.dtype, dataset_name=calib.dataset,
+            split=calib.split, device_name=run.device_name,
+            timing=TimingSettings(warmup=0, repeat=args.repeat),
         )
+        target.close(module)
         rows.append((one.candidate, compare(Prediction.from_candidate(one.candidate), measured,
                                             same_images=same)))
 
-    print(f"run {args.run} ({run.device_name}, {threads} thread(s)), {len(rows)} front points, "
+    print(f"run {args.run} ({run.device_name}, {target.runtime}, {threads} thread(s)), "
+          f"{len(rows)} front points, "
           f"{dataset.__len__()} images{' (calibration set)' if same else ''}")
     print(f"{'cand':>4} {'exits':>5} {'pred ms':>9} {'meas ms':>9} {'error':>8} "
           f"{'pred mIoU':>9} {'meas mIoU':>9}")

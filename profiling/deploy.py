@@ -198,44 +198,23 @@ def run_verify(db: str, request: VerifyRequest, *,
     """
     stored = _read(db, request.run, request.candidate)
     network = candidate_network(stored, request.checkpoint)
-    fingerprint = dict(stored.run.device_fingerprint)
-    runtime = _runtime(stored, request.runtime)
-    threads = int(fingerprint.get("threads") or 1)
-    module: Any
-    if runtime == "onnxruntime":
-        from profiling.onnxruntime_backend import OnnxRuntimeBackend, OrtCascade, runtime_settings
-
-        device, dtype = torch.device("cpu"), torch.float32
-        settings = runtime_settings(
-            threads=threads, optimization=str(fingerprint.get("graph_optimization", "all")),
-            provider=str(fingerprint.get("provider", "CPUExecutionProvider")))
-        here = OnnxRuntimeBackend(settings).fingerprint()
-    else:
-        device = resolve_device(request.compute or str(fingerprint.get("compute", "cpu")))
-        dtype = DTYPES.get(str(fingerprint.get("dtype", "float32")), torch.float32)
-        here = device_fingerprint(device, dtype=dtype, threads=threads)
-    warnings = _check_device(fingerprint, here, device_name=stored.run.device_name,
-                             force=request.force)
+    target = DeployTarget.of(stored, runtime=request.runtime, compute=request.compute)
+    warnings = _check_device(dict(stored.run.device_fingerprint), target.fingerprint(),
+                             device_name=stored.run.device_name, force=request.force)
     dataset, same = _dataset(stored, request)
-    if runtime == "onnxruntime":
-        # What `dse export --format onnx` writes, run by its own numpy runner.
-        module = OrtCascade(candidate_cascade(network, stored),
-                            torch.zeros(1, 3, *stored.input_size), settings)
-    else:
-        module = candidate_cascade(network, stored).to(device=device, dtype=dtype)
+    module = target.module(network, stored)
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(target.threads)
     try:
         measured = measure_cascade(
             module, dataset, exit_ids=module.exit_ids, num_classes=int(network.num_classes),
-            device=device, dtype=dtype, dataset_name=dataset.name, split=dataset.split,
-            device_name=stored.run.device_name,
+            device=target.device, dtype=target.dtype, dataset_name=dataset.name,
+            split=dataset.split, device_name=stored.run.device_name,
             timing=TimingSettings(warmup=0, repeat=request.repeat), progress=progress,
         )
     finally:
         torch.set_num_threads(previous)
-        if runtime == "onnxruntime":
-            module.close()
+        target.close(module)
     result = compare(Prediction.from_candidate(stored.candidate), measured, same_images=same)
     if measured.latency_unstable:
         warnings.append(
@@ -262,6 +241,62 @@ def run_verify(db: str, request: VerifyRequest, *,
     finally:
         engine.dispose()
     return VerifyOutcome(comparison=result, warnings=tuple(warnings))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeployTarget:
+    """How a run's device runs a deployed cascade: the runtime its profile was measured with,
+    its threads, and (torch) the device and dtype or (onnxruntime) the session settings."""
+
+    runtime: str
+    threads: int
+    device: torch.device
+    dtype: torch.dtype
+    ort: Any = None  # profiling.ort_probe.RuntimeSettings for onnxruntime
+
+    @classmethod
+    def of(cls, stored: StoredCandidate, *, runtime: str | None = None,
+           compute: str | None = None) -> DeployTarget:
+        """The run's device's settings, read from its fingerprint.
+
+        Raises:
+            ProfilingError: another runtime asked for than the profile's, onnxruntime missing.
+        """
+        fingerprint = dict(stored.run.device_fingerprint)
+        threads = int(fingerprint.get("threads") or 1)
+        if _runtime(stored, runtime) == "onnxruntime":
+            from profiling.onnxruntime_backend import runtime_settings
+
+            settings = runtime_settings(
+                threads=threads, optimization=str(fingerprint.get("graph_optimization", "all")),
+                provider=str(fingerprint.get("provider", "CPUExecutionProvider")))
+            return cls(runtime="onnxruntime", threads=threads, device=torch.device("cpu"),
+                       dtype=torch.float32, ort=settings)
+        device = resolve_device(compute or str(fingerprint.get("compute", "cpu")))
+        dtype = DTYPES.get(str(fingerprint.get("dtype", "float32")), torch.float32)
+        return cls(runtime="torch", threads=threads, device=device, dtype=dtype)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """This machine's fingerprint under these settings (to compare with the run's)."""
+        if self.runtime == "onnxruntime":
+            from profiling.onnxruntime_backend import OnnxRuntimeBackend
+
+            return OnnxRuntimeBackend(self.ort).fingerprint()
+        return device_fingerprint(self.device, dtype=self.dtype, threads=self.threads)
+
+    def module(self, network: MessNetwork, stored: StoredCandidate) -> Any:
+        """The candidate's cascade as this runtime runs it: the torch module, or what `dse export
+        --format onnx` writes run by its own numpy runner (`close` it when done)."""
+        module = candidate_cascade(network, stored)
+        if self.runtime == "onnxruntime":
+            from profiling.onnxruntime_backend import OrtCascade
+
+            return OrtCascade(module, torch.zeros(1, 3, *stored.input_size), self.ort)
+        return module.to(device=self.device, dtype=self.dtype)
+
+    def close(self, module: Any) -> None:
+        if self.runtime == "onnxruntime":
+            module.close()
 
 
 def _runtime(stored: StoredCandidate, asked: str | None) -> str:
