@@ -182,7 +182,8 @@ class OnnxRuntimeBackend:
         self._loaded.append(components)
         calls = {key: call for key, call in components.calls.items() if key[0] != "segment"}
         return Workload(device=torch.device("cpu"), chain=tuple(components.chain),
-                        chain_input=components.chain_input, calls=calls)
+                        chain_input=components.chain_input, calls=calls,
+                        order=tuple(components.order))
 
     def cascade_call(self, module: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
         cascade = OrtCascade(module, x, self.settings)

@@ -32,6 +32,8 @@ from db.records import DeviceRecord, ExitInput
 from db.session import session_scope
 from profiling import ort_probe
 from profiling.errors import ProfilingError
+from profiling.protocol import DEFAULT_THRESHOLD, ProtocolResult, ProtocolSettings, assess
+from profiling.verdict import UnstableProfileError, Verdict, judge, row_quality
 
 if TYPE_CHECKING:
     from training.network import MessNetwork
@@ -250,18 +252,56 @@ class ImportResult:
     model_id: int
     stored: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    verdict: Verdict | None = None
 
 
-def import_results(engine: Engine, results: ProbeResults, *, device_name: str) -> ImportResult:
-    """Store checked probe results under ``device_name``: model, exits, device and every
-    component's samples in one transaction (a failure stores nothing). The same model and
-    device measured again replaces the rows, as a re-run of `dse profile` would."""
+def judge_results(results: ProbeResults, *, threshold: float = DEFAULT_THRESHOLD
+                  ) -> tuple[Verdict, ProtocolResult[str]]:
+    """The latency profile's stability verdict on the probe's samples (`profiling.verdict`):
+    each component's spread against the threshold, the whole network as the floor's reference.
+    The probe times no cascade, so no closed-loop gap is judged (the quality says so)."""
+    protocol = results.provenance.get("protocol") or {}
+    rounds = max(1, int(protocol.get("rounds", 1)))
+    settings = ProtocolSettings(warmup=int(protocol.get("warmup", 0)), repeat=rounds,
+                                max_repeat=max(rounds, 10_000), threshold=threshold)
+    keys = [c["key"] for c in results.manifest["components"]]
+    reference = [k for k in keys if k.startswith("segment:") or k in ("final:final",
+                                                                       "upsample:final")]
+    result = assess({k: results.samples_ms[k] for k in keys}, settings=settings, passes=(),
+                    reference=reference)
+    verdict = judge(result)
+    verdict.quality.update(
+        source="probe import", closed_loop_checked=False,
+        load_before=results.provenance.get("load_before"),
+        load_after=results.provenance.get("load_after"))
+    return verdict, result
+
+
+def import_results(engine: Engine, results: ProbeResults, *, device_name: str,
+                   keep_noisy: bool = False, threshold: float = DEFAULT_THRESHOLD
+                   ) -> ImportResult:
+    """Store checked probe results under ``device_name``: model, exits, device, every
+    component's samples with their spread, and the run's quality, in one transaction (a
+    failure stores nothing). Judged like a latency profile (`judge_results`): unstable samples
+    are refused unless ``keep_noisy`` (then stored marked noisy). The same model and device
+    measured again replaces the rows, as a re-run of `dse profile` would.
+
+    Raises:
+        UnstableProfileError: unstable samples and not ``keep_noisy``; nothing stored.
+    """
     manifest = results.manifest
     model = manifest["model"]
     shape = tuple(int(v) for v in manifest["input_shape"])
     batch = int(manifest["batch"])
+    dtype = str(manifest["dtype"])
     if not device_name or not device_name.strip():
         raise ProfilingError("--device must name the device the probe ran on")
+    verdict, assessed = judge_results(results, threshold=threshold)
+    if not verdict.ok and not keep_noisy:
+        raise UnstableProfileError(
+            f"{verdict.line(what='probe results')}; nothing stored: run the probe again with "
+            "the device otherwise idle (or more --rounds), or pass --keep-noisy to store them "
+            "marked noisy")
     with session_scope(engine) as s:
         record = repository.upsert_model(
             s, name=model["name"], arch=model["arch"], architecture=model["architecture"],
@@ -273,14 +313,21 @@ def import_results(engine: Engine, results: ProbeResults, *, device_name: str) -
         for component in manifest["components"]:
             repository.upsert_latency(
                 s, model_id=record.id, device_id=device.id, kind=component["kind"],
-                name=component["name"], input_shape=shape, batch=batch,
-                dtype=str(manifest["dtype"]), samples_ms=list(results.samples_ms[component["key"]]),
+                name=component["name"], input_shape=shape, batch=batch, dtype=dtype,
+                samples_ms=list(results.samples_ms[component["key"]]),
                 gflops=float(component["gflops"]), params=int(component["params"]),
+                noisy=not verdict.ok, quality=row_quality(assessed, component["key"]),
                 provenance=results.provenance)
+        repository.upsert_profile_quality(s, model_id=record.id, device_id=device.id,
+                                          input_shape=shape, batch=batch, dtype=dtype,
+                                          noisy=not verdict.ok, quality=verdict.quality)
     warnings = _fingerprint_warnings(device_name, device, known)
+    if not verdict.ok:
+        warnings.append(f"{verdict.line(what='probe results')}; stored marked noisy "
+                        "(--keep-noisy)")
     return ImportResult(device=device, model_id=record.id,
                         stored=tuple(c["key"] for c in manifest["components"]),
-                        warnings=tuple(warnings))
+                        warnings=tuple(warnings), verdict=verdict)
 
 
 def _fingerprint_warnings(name: str, device: DeviceRecord, known: list[DeviceRecord]) -> list[str]:

@@ -73,10 +73,11 @@ class ComponentGraph:
                 "inputs": [i.as_dict() for i in self.inputs]}
 
 
-def cascade_order(network: MessNetwork) -> list[tuple[str, str]]:
-    """Every component in the order a cascade meets them: at each position its segment, then
-    each exit there (head, decision, upsampling); then the tail, the final head and its
-    upsampling."""
+def export_order(network: MessNetwork) -> list[tuple[str, str]]:
+    """Every component, producers before consumers, in the order a cascade meets them: at each
+    position its segment, then each exit there (head, decision, upsampling); then the tail, the
+    final head and its upsampling. (The timing round order is `profiling.protocol.cascade_order`,
+    which training cannot import; a test checks the two agree.)"""
     order: list[tuple[str, str]] = []
     for position in network.positions:
         order.append(("segment", position.name))
@@ -127,7 +128,7 @@ def with_producers(network: MessNetwork, keys: Iterable[tuple[str, str]]) -> lis
         if key not in wanted:
             wanted.add(key)
             stack += needs[key]
-    return [key for key in cascade_order(network) if key in wanted]
+    return [key for key in export_order(network) if key in wanted]
 
 
 class _Final(nn.Module):
@@ -205,7 +206,7 @@ def export_components(
         seed: of the random image the example activations are computed from.
 
     Returns:
-        The graphs, in cascade order.
+        The graphs, in `export_order`.
 
     Raises:
         TrainingError: onnx missing, an unknown component, or one the exporter cannot express.
@@ -217,7 +218,7 @@ def export_components(
         raise TrainingError(f"batch must be >= 1, got {batch}")
     folder = Path(folder)
     network = copy.deepcopy(network).eval().float()  # the exporter toggles train/eval
-    order = with_producers(network, keys) if keys is not None else cascade_order(network)
+    order = with_producers(network, keys) if keys is not None else export_order(network)
     modules = _modules(network, input_size)
     generator = torch.Generator().manual_seed(seed)
     values: dict[str, torch.Tensor] = {

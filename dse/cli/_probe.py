@@ -69,8 +69,8 @@ def probe_pack_command(
                   markup=False, highlight=False)
 
 
-def import_probe(results: Path, pack: Path | None, device: str, db: str,
-                 json_output: bool) -> None:
+def import_probe(results: Path, pack: Path | None, device: str, db: str, json_output: bool, *,
+                 keep_noisy: bool, threshold: float) -> None:
     """`dse profile --import RESULTS`: check everything, then store in one transaction."""
     from db.session import open_store
     from profiling.probe_pack import import_results, read_results
@@ -78,7 +78,8 @@ def import_probe(results: Path, pack: Path | None, device: str, db: str,
     checked = read_results(results, pack)
     engine = open_store(db, create=True)
     try:
-        imported = import_results(engine, checked, device_name=device)
+        imported = import_results(engine, checked, device_name=device, keep_noisy=keep_noisy,
+                                  threshold=threshold)
     finally:
         engine.dispose()
     for warning in imported.warnings:
@@ -96,3 +97,6 @@ def import_probe(results: Path, pack: Path | None, device: str, db: str,
         f"(id {imported.device.id}; onnxruntime {fp.get('onnxruntime')}, {fp.get('provider')}, "
         f"{fp.get('threads')} thread(s), optimisation {fp.get('graph_optimization')}) from pack "
         f"{checked.pack_sha256[:12]}", markup=False, highlight=False)
+    if imported.verdict is not None and imported.verdict.ok:
+        console.print(imported.verdict.line(what="probe results") + " (no closed loop: the "
+                      "probe times components only)", markup=False, highlight=False)

@@ -92,7 +92,10 @@ def profile_command(
                            "(the pack names the model); drop one")
         from dse.cli._probe import import_probe
 
-        import_probe(import_results, pack, device, db, json_output)
+        timing_settings(warmup=warmup, repeat=repeat, min_time=min_time, stability=stability,
+                        remeasure=remeasure)  # a bad --stability-threshold: one line, first
+        import_probe(import_results, pack, device, db, json_output, keep_noisy=keep_noisy,
+                     threshold=stability)
         return
     if pack is not None:
         raise DseError("--pack goes with --import RESULTS")

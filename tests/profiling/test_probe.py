@@ -79,8 +79,8 @@ def test_probe_results_import_with_provenance(pack, results, engine, tiny_networ
     assert {f"{r.kind}:{r.name}" for r in rows} == set(data["samples_ms"])
     assert {e.exit_id for e in exits} == {*tiny_network.exit_ids, "final"}
     for row in rows:
-        assert row.source is not None and row.source["via"] == "probe"
-        assert row.source["pack_sha256"] == checked.pack_sha256
+        assert row.provenance is not None and row.provenance["via"] == "probe"
+        assert row.provenance["pack_sha256"] == checked.pack_sha256 and row.source == "measured"
         assert list(row.samples_ms) == data["samples_ms"][f"{row.kind}:{row.name}"]
         assert row.input_shape == (1, 3, *SIZE) and row.dtype == "float32"
 

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from profiling.protocol import cascade_order
 from training.adapters import build_network, describe_positions
 from training.errors import TrainingError
 from training.flops import network_components
 from training.onnx_components import (
     IMAGE,
-    cascade_order,
     component_key,
     export_components,
+    export_order,
     with_producers,
 )
 from training.policy import ExitDecision
@@ -47,7 +48,10 @@ def _run_all(folder, graphs, image: np.ndarray) -> dict[str, np.ndarray]:
 def test_every_component_is_exported_once_and_equals_the_network(arch, tmp_path) -> None:
     network = _network(arch)
     graphs = export_components(network, tmp_path, input_size=SIZE, batch=2)
-    assert [(g.kind, g.name) for g in graphs] == cascade_order(network)
+    assert [(g.kind, g.name) for g in graphs] == export_order(network)
+    segments = [p.name for p in network.positions] + ["tail"]
+    exits = [(e.id, e.position) for e in network.exits]
+    assert export_order(network) == cascade_order(segments, exits)  # the timing round order
     keys = [g.key for g in graphs]
     assert len(set(keys)) == len(keys)
     expected = {component_key(c.kind, c.name) for c in network_components(network, SIZE)}

@@ -1,4 +1,4 @@
-"""Where imported latency samples came from (`dse_latency.source`): stored, read, merged."""
+"""Where imported latency samples came from (`dse_latency.provenance`): stored, read, merged."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _fill(url: str) -> None:
         for name, source in (("layer1", SOURCE), ("tail", None)):
             repo.upsert_latency(s, model_id=m.id, device_id=d.id, kind="segment", name=name,
                                 input_shape=(1, 3, 8, 8), batch=1, dtype="float32",
-                                samples_ms=np.ones(3), gflops=0.0, params=0, source=source)
+                                samples_ms=np.ones(3), gflops=0.0, params=0, provenance=source)
     engine.dispose()
 
 
@@ -30,10 +30,10 @@ def _sources(url: str) -> dict[str, dict | None]:
     with session_scope(engine) as s:
         rows = repo.load_latency(s, model_id=1, device_id=1)
     engine.dispose()
-    return {r.name: r.source for r in rows}
+    return {r.name: r.provenance for r in rows}
 
 
-def test_source_is_kept_and_merged(store_url, tmp_path) -> None:
+def test_provenance_is_kept_and_merged(store_url, tmp_path) -> None:
     open_store(store_url, create=True).dispose()
     _fill(store_url)
     assert _sources(store_url) == {"layer1": SOURCE, "tail": None}
