@@ -62,12 +62,13 @@ def profile(args: argparse.Namespace, name: str, runtime: str, threads: int, *,
     outcome = run_profile(args.db, ProfileRequest(
         checkpoint=Path(args.checkpoint), device=name, data="synthetic", split="calib",
         limit=args.calib, accuracy=accuracy, threads=threads, runtime=runtime, name=args.name,
-        timing=TimingSettings(warmup=3, repeat=args.repeat)))
+        timing=TimingSettings(warmup=3, repeat=args.repeat), keep_noisy=True))
     lat = outcome.latency
     gaps = ", ".join(f"{c.name.split('/')[0]} {c.deviation * 100:+.0f}%" for c in lat.paths) \
         if lat else ""
+    verdict = lat.verdict.line() if lat and lat.verdict else "no verdict"
     print(f"profiled {name} ({runtime}, {threads} thread(s)): "
-          f"{len(lat.measured) if lat else 0} components; closed loop {gaps} "
+          f"{len(lat.measured) if lat else 0} components; closed loop {gaps}; {verdict} "
           f"[{before} -> {load()}]", flush=True)
 
 
@@ -92,11 +93,13 @@ def probe(args: argparse.Namespace, network: Any, size: tuple[int, int]) -> None
     engine = open_store(args.db)
     try:
         imported = import_results(engine, read_results(pack / "results.json"),
-                                  device_name=PROBE_DEVICE)
+                                  device_name=PROBE_DEVICE, keep_noisy=True)
     finally:
         engine.dispose()
+    verdict = imported.verdict.line(what="probe results") if imported.verdict else ""
     print(f"probe ({python}): {run.stdout.strip()}; imported {len(imported.stored)} rows as "
-          f"{PROBE_DEVICE} from pack {info.sha256[:12]} [{before} -> {load()}]", flush=True)
+          f"{PROBE_DEVICE} from pack {info.sha256[:12]}; {verdict} [{before} -> {load()}]",
+          flush=True)
 
 
 def search(args: argparse.Namespace, name: str) -> Any:

@@ -51,7 +51,7 @@ def _counts(db: str) -> dict[str, int]:
 def test_import_then_search_the_device(checkpoint, pack, tmp_path, capsys) -> None:
     db = str(tmp_path / "m.db")
     args = ["profile", "--import", str(pack / "results.json"), "--device", "pi", "--db", db,
-            "--json"]
+            "--keep-noisy", "--json"]  # the test machine is rarely quiet
     assert main(args) == 0
     line = json.loads(capsys.readouterr().out.strip())
     assert line["imported"] == 11 and line["device"] == "pi"
@@ -121,3 +121,41 @@ def test_probe_pack_refusals(checkpoint, pack, tmp_path, capsys) -> None:
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, err
         assert not (tmp_path / "p").exists()
+
+
+def test_import_is_judged_like_a_profile(pack, tmp_path, capsys) -> None:
+    """Samples with a wide spread are refused (exit 3, nothing stored) unless --keep-noisy;
+    steady ones are stored as stable, with their quality."""
+    from db import repository
+    from db.session import open_store, session_scope
+    from profiling import ort_probe
+
+    good = json.loads((pack / "results.json").read_text())
+    steady, spread = json.loads(json.dumps(good)), json.loads(json.dumps(good))
+    for key, values in good["samples_ms"].items():
+        steady["samples_ms"][key] = [1.0] * len(values)
+        spread["samples_ms"][key] = [1.0, 5.0, 1.0, 9.0][: max(2, len(values))] * 2
+    for data in (steady, spread):
+        data["checksum"] = ort_probe.checksum(data)
+    db = str(tmp_path / "m.db")
+    assert main(["db", "upgrade", "--db", db]) == 0
+    before = _counts(db)
+    (tmp_path / "spread.json").write_text(json.dumps(spread))
+    (tmp_path / "steady.json").write_text(json.dumps(steady))
+    base = ["profile", "--pack", str(pack), "--device", "pi", "--db", db]
+    assert main([*base, "--import", str(tmp_path / "spread.json")]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: probe results not trustworthy") and "\n" not in err
+    assert _counts(db) == before
+    assert main([*base, "--import", str(tmp_path / "steady.json")]) == 0
+    assert "probe results stable" in capsys.readouterr().out
+    engine = open_store(db)
+    with session_scope(engine) as s:
+        device = repository.get_device(s, "pi")
+        rows = repository.load_latency(s, model_id=1, device_id=device.id)
+        quality = repository.list_profile_quality(s, model_id=1, device_id=device.id)
+    engine.dispose()
+    assert rows and not any(r.noisy for r in rows) and all(r.quality for r in rows)
+    assert quality[-1].quality["source"] == "probe import" and not quality[-1].noisy
+    assert main([*base, "--import", str(tmp_path / "spread.json"), "--keep-noisy"]) == 0
+    assert "stored marked noisy" in capsys.readouterr().err

@@ -70,7 +70,7 @@ def test_probe_results_import_with_provenance(pack, results, engine, tiny_networ
     assert fingerprint["runtime"] == "onnxruntime" and fingerprint["threads"] == 1
     assert {"onnxruntime", "provider", "graph_optimization", "cpu"} <= set(fingerprint)
     assert all(len(v) == 3 for v in data["samples_ms"].values())
-    imported = import_results(engine, checked, device_name="pi-ort")
+    imported = import_results(engine, checked, device_name="pi-ort", keep_noisy=True)
     with session_scope(engine) as s:
         device = repository.get_device(s, "pi-ort")
         rows = repository.load_latency(s, model_id=imported.model_id, device_id=device.id)
@@ -210,5 +210,5 @@ def test_the_probe_runs_in_a_venv_with_only_numpy_and_onnxruntime(pack, tmp_path
     assert run.returncode == 0, run.stderr
     assert "timed 24 components" in run.stdout
     checked = read_results(out, pack)
-    imported = import_results(engine, checked, device_name="fresh-venv")
+    imported = import_results(engine, checked, device_name="fresh-venv", keep_noisy=True)
     assert len(imported.stored) == 24
