@@ -46,6 +46,11 @@ _EXPORTS = {
     "LatencyStats": "profiling.timing",
     "TimingSettings": "profiling.timing",
     "time_callable": "profiling.timing",
+    "OnnxRuntimeBackend": "profiling.onnxruntime_backend",
+    "import_results": "profiling.probe_pack",
+    "read_results": "profiling.probe_pack",
+    "write_pack": "profiling.probe_pack",
+    "DeployTarget": "profiling.deploy",
 }
 
 __all__ = sorted(_EXPORTS)

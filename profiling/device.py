@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 
 import torch
 
 from profiling.errors import ProfilingError
+
+# Machine facts have one home, the torch-free probe script (it runs where mess-dse cannot).
+from profiling.ort_probe import cpu_model, power_mode
 from profiling.timing import keep_heap_allocations
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -54,26 +56,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else what `platform` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            # x86: "model name"; ARM boards (Jetson) often only say "Hardware" or "CPU part".
-            if key.strip() in ("model name", "Hardware", "Processor") and value.strip():
-                return value.strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _power_mode() -> str | None:
-    """Jetson power mode (nvpmodel) when readable; None elsewhere."""
-    status = Path("/var/lib/nvpmodel/status")
-    if status.exists():
-        return status.read_text(errors="replace").strip() or None
-    return None
-
-
 def device_fingerprint(device: torch.device, *, dtype: torch.dtype, threads: int) -> dict:
     """What makes timings on this machine comparable: hardware, software, threads, dtype.
 
@@ -100,7 +82,7 @@ def device_fingerprint(device: torch.device, *, dtype: torch.dtype, threads: int
         fingerprint["cuda"] = torch.version.cuda
         cudnn = torch.backends.cudnn.version()
         fingerprint["cudnn"] = int(cudnn) if cudnn is not None else None
-    power = _power_mode()
+    power = power_mode()
     if power is not None:
         fingerprint["power_mode"] = power
     return fingerprint

@@ -14,11 +14,8 @@ module we run under `no_grad` and with a fixed number of threads.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import math
-import sys
 import time
 from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +25,7 @@ import numpy as np
 import torch
 
 from profiling.load import LoadProbe, SystemLoadProbe
+from profiling.ort_probe import keep_heap_allocations as _keep_heap_allocations
 from profiling.protocol import ProtocolResult, ProtocolSettings, measure
 
 K = TypeVar("K", bound=Hashable)
@@ -77,11 +75,6 @@ class LatencyStats:
         )
 
 
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-
-
 @functools.cache
 def keep_heap_allocations() -> bool:
     """Stop glibc from returning large activation buffers to the OS after every call.
@@ -93,19 +86,10 @@ def keep_heap_allocations() -> bool:
     one). Keeping freed memory in the heap makes every process measure the warm case, which is
     also what a long-running deployment sees; `dse verify` and the latency profile both call
     this, so predicted and measured numbers follow the same rule. Returns True when applied
-    (Linux with glibc), False elsewhere (nothing to do there).
+    (Linux with glibc), False elsewhere (nothing to do there). The mallopt call itself lives in
+    the torch-free probe script (`profiling.ort_probe`), which applies the same rule on devices.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    return _keep_heap_allocations()
 
 
 def synchronize(device: torch.device) -> None:

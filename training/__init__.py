@@ -30,6 +30,8 @@ _EXPORTS = {
     "list_architectures": "training.adapters",
     "describe_positions": "training.adapters",
     "build_traced_network": "training.adapters",
+    "export_components": "training.onnx_components",
+    "ComponentGraph": "training.onnx_components",
 }
 
 __all__ = sorted(_EXPORTS)
