@@ -193,6 +193,11 @@ def get_calibration_set(s: Session, calibration_set_id: int) -> CalibrationSetRe
     return _calibration_record(row)
 
 
+def list_calibration_sets(s: Session) -> list[CalibrationSetRecord]:
+    """Every stored calibration set, by id."""
+    return [_calibration_record(r) for r in s.scalars(select(CalibrationSet).order_by(CalibrationSet.id))]
+
+
 # ----------------------------------------------------------------------------- devices
 
 

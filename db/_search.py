@@ -114,6 +114,7 @@ def _candidate_record(row: Candidate) -> CandidateRecord:
         th_pix=list(row.th_pix), th_img=row.th_img, miou=row.miou, latency_ms=row.latency_ms,
         latency_p95_ms=row.latency_p95_ms, gflops=row.gflops, exit_rates=dict(row.exit_rates),
         feasible=row.feasible, anytime_ms=list(row.anytime_ms) if row.anytime_ms is not None else None,
+        intervals=dict(row.intervals) if row.intervals is not None else None,
     )
 
 
@@ -137,6 +138,8 @@ def add_candidates(s: Session, run_id: int, candidates: Sequence[CandidateInput]
                 th_pix=list(c.th_pix), th_img=c.th_img, miou=c.miou, latency_ms=c.latency_ms,
                 latency_p95_ms=c.latency_p95_ms, gflops=c.gflops, exit_rates=dict(c.exit_rates),
                 feasible=bool(c.feasible), anytime_ms=c.anytime_ms,
+                intervals=None if c.intervals is None
+                else plain_json(dict(c.intervals), field="intervals"),
             )
         )
     s.flush()

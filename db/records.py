@@ -361,6 +361,7 @@ class CandidateInput:
     exit_rates: dict[str, float]
     feasible: bool
     anytime_ms: list[float] | None = None
+    intervals: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.index < 0:
@@ -382,6 +383,8 @@ class CandidateInput:
         _set(self, "exit_rates", {str(k): float(v) for k, v in self.exit_rates.items()})
         if self.anytime_ms is not None:
             _set(self, "anytime_ms", [float(v) for v in self.anytime_ms])
+        if self.intervals is not None and not isinstance(self.intervals, Mapping):
+            raise ValueError(f"intervals must be a mapping, got {type(self.intervals).__name__}")
 
 
 @dataclass(frozen=True, kw_only=True)

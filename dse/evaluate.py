@@ -46,6 +46,18 @@ class Evaluation:
         return {e: n / total for e, n in zip(self.config.all_exits, self.exit_counts, strict=True)}
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Routes:
+    """Per calibration image: the configuration's slot it leaves at (0..k-1 early, k final),
+    the profile row of that exit, its latency (ms) and GFLOPs."""
+
+    slot: np.ndarray
+    exit_row: np.ndarray
+    ms: np.ndarray
+    gflops: np.ndarray
+    num_slots: int
+
+
 class Evaluator:
     """Prepared tables of one (accuracy profile, device costs) pair."""
 
@@ -98,17 +110,26 @@ class Evaluator:
         """Objectives of one configuration (exact, float64)."""
         if config.mode == "budgeted":
             return self._budgeted(config)
-        rows = self.indices(config.exits)
         if config.mode == "anytime":
-            return self._anytime(config, rows)
-        return self._cascade(config, rows)
+            return self._anytime(config, self.indices(config.exits))
+        return self._cascade(config)
 
     def baseline(self) -> Evaluation:
         """The final exit alone."""
         return self.evaluate(Configuration(exits=()))
 
-    def _cascade(self, config: Configuration, rows: list[int]) -> Evaluation:
+    def routes(self, config: Configuration) -> Routes:
+        """Where each calibration image leaves and what it costs (cascade and budgeted modes).
+
+        Every objective of `evaluate` is a sum or a percentile over these per-image values, so a
+        resample of the images (the bootstrap) or another calibration set re-scores exactly.
+        """
+        if config.mode == "anytime":
+            raise DseError("per-image routes exist for cascade and budgeted configurations only")
         s = self.data.num_samples
+        if config.mode == "budgeted":
+            return self._budgeted_routes(config, s)
+        rows = self.indices(config.exits)
         route = np.full(s, len(rows), dtype=np.int64)  # slot per image; len(rows) = final
         open_ = np.ones(s, dtype=bool)
         for slot, (row, th_pix) in enumerate(zip(rows, config.th_pix, strict=True)):
@@ -117,8 +138,6 @@ class Evaluator:
             route[leave] = slot
             open_ &= ~leave
         exit_rows = np.asarray([*rows, len(self.data.exit_ids)])[route]
-        tp = self.data.tp[exit_rows, np.arange(s)].sum(axis=0)
-        union = self.union[exit_rows, np.arange(s)].sum(axis=0)
         # latency per slot: backbone to the exit and its upsampling + heads and decisions of
         # every exit reached
         check_ms = np.cumsum(self.check_ms[rows]) if rows else np.zeros(0)
@@ -127,16 +146,10 @@ class Evaluator:
                             self.final_ms + (check_ms[-1] if rows else 0))
         slot_gf = np.append(self.leave_gflops[rows] + check_gf,
                             self.final_gflops + (check_gf[-1] if rows else 0))
-        per_image_ms = slot_ms[route]
-        return Evaluation(
-            config=config, miou=float(miou_from_union(tp, union)),
-            latency_ms=float(per_image_ms.mean()),
-            latency_p95_ms=float(np.percentile(per_image_ms, 95)),
-            gflops=float(slot_gf[route].mean()),
-            exit_counts=tuple(int(n) for n in np.bincount(route, minlength=len(rows) + 1)),
-        )
+        return Routes(slot=route, exit_row=exit_rows, ms=slot_ms[route], gflops=slot_gf[route],
+                      num_slots=len(rows) + 1)
 
-    def _budgeted(self, config: Configuration) -> Evaluation:
+    def _budgeted_routes(self, config: Configuration, s: int) -> Routes:
         (exit_id,) = config.exits
         if exit_id == FINAL_EXIT:
             row, ms, gf = len(self.data.exit_ids), self.final_ms, self.final_gflops
@@ -144,7 +157,26 @@ class Evaluator:
             (row,) = self.indices(config.exits)
             ms = float(self.leave_ms[row] + self.head_ms[row])
             gf = float(self.leave_gflops[row] + self.head_gflops[row])
+        return Routes(slot=np.zeros(s, dtype=np.int64), exit_row=np.full(s, row, dtype=np.int64),
+                      ms=np.full(s, ms), gflops=np.full(s, gf), num_slots=1)
+
+    def _cascade(self, config: Configuration) -> Evaluation:
+        r = self.routes(config)
+        images = np.arange(self.data.num_samples)
+        tp = self.data.tp[r.exit_row, images].sum(axis=0)
+        union = self.union[r.exit_row, images].sum(axis=0)
+        return Evaluation(
+            config=config, miou=float(miou_from_union(tp, union)),
+            latency_ms=float(r.ms.mean()), latency_p95_ms=float(np.percentile(r.ms, 95)),
+            gflops=float(r.gflops.mean()),
+            exit_counts=tuple(int(n) for n in np.bincount(r.slot, minlength=r.num_slots)),
+        )
+
+    def _budgeted(self, config: Configuration) -> Evaluation:
+        r = self.routes(config)
+        row = int(r.exit_row[0])
         miou = miou_from_union(self.data.tp[row].sum(axis=0), self.union[row].sum(axis=0))
+        ms, gf = float(r.ms[0]), float(r.gflops[0])
         return Evaluation(config=config, miou=float(miou), latency_ms=ms, latency_p95_ms=ms,
                           gflops=gf, exit_counts=(self.data.num_samples,))
 

@@ -1,12 +1,15 @@
 """`dse pareto` as a library call: load the profiles from the store, search, store the run.
 
-The search runs outside any transaction; the run and its candidates are then written in one
-unit of work, so a failed or interrupted search stores nothing.
+The search runs outside any transaction; the run, its candidates (with the bootstrap intervals of
+front 1) and the held-out checks are then written in one unit of work, so a failed or
+interrupted search stores nothing. Everything a request names (calibration sets, the confidence)
+is resolved before the search starts, so a mistake is refused before any work.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -16,6 +19,8 @@ from db import repository as repo
 from db.errors import StorageError
 from db.records import (
     FINAL_EXIT,
+    AccuracyProfileRecord,
+    CalibrationSetRecord,
     CandidateInput,
     CandidateRecord,
     DeviceRecord,
@@ -24,15 +29,18 @@ from db.records import (
 )
 from db.session import session_scope
 from db.trust import LatencyTrust, latency_trust
-from dse.constraints import Constraints, pick
+from dse.constraints import Bounds, Constraints, pick
 from dse.data import accuracy_from_records, cost_from_records
 from dse.errors import DseError
 from dse.evaluate import Evaluation, Evaluator
 from dse.exhaustive import ExhaustiveSearcher
+from dse.heldout import HeldOutCheck, check_compatible, check_on
 from dse.optuna_search import OptunaSearcher
 from dse.pareto import OBJECTIVES
+from dse.robust import RobustPick, robust_pick
 from dse.search import Progress, Searcher
 from dse.space import build_space
+from dse.uncertainty import Bootstrap, BootstrapSettings, Intervals, check_probability
 
 METHODS = ("exhaustive", "optuna")
 
@@ -59,6 +67,10 @@ class SearchRequest:
     trials: int = 500
     timeout_s: float | None = None
     seed: int = 0
+    calibration: str | None = None
+    check_on: str | None = None
+    bootstrap: BootstrapSettings | None = field(default_factory=BootstrapSettings)
+    confidence: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -72,6 +84,11 @@ class SearchRequest:
         if self.per_exit_thresholds and self.method != "optuna":
             raise ValueError("per_exit_thresholds: only the optuna method searches per-exit "
                              "thresholds (the exhaustive space would explode)")
+        if self.confidence is not None:
+            check_probability(self.confidence, "confidence")
+            if self.bootstrap is None:
+                raise ValueError("confidence: robust selection needs the bootstrap; drop "
+                                 "--bootstrap 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +100,19 @@ class Problem:
     profile_id: int
     input_shape: tuple[int, ...]
     evaluator: Evaluator
+    calibration: CalibrationSetRecord | None = None
+    positions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeldOut:
+    """The check set of `--check-on`, its baseline there and one check per front-1 candidate."""
+
+    calibration: CalibrationSetRecord
+    profile_id: int
+    shared_images: int
+    baseline: Evaluation
+    checks: list[HeldOutCheck]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,10 +121,57 @@ class StoredRun:
     candidates: list[CandidateRecord]
     chosen: int | None
     trust: LatencyTrust | None = None  # what the latencies rest on (db.trust)
+    plain: int | None = None  # the target's pick on the point estimates (differs under
+    robust: RobustPick | None = None  # --confidence, which picks on the bootstrap bounds)
+    held_out: HeldOut | None = None
+    num_images: int = 0  # calibration images the search (and the bootstrap) used
 
 
-def load_problem(s: Session, *, device: str, model: str | None) -> Problem:
-    """Model, device, newest complete accuracy profile and the device's latency profile.
+def _describe(c: CalibrationSetRecord) -> str:
+    return f"{c.dataset}/{c.split} (id {c.id}, {c.num_samples} images)"
+
+
+def find_profile(s: Session, model: ModelRecord, ref: str, *,
+                 like: AccuracyProfileRecord | None = None) -> AccuracyProfileRecord:
+    """The newest complete accuracy profile of `model` on calibration set `ref`.
+
+    `ref` is a calibration set id, its split (``val[1::2]``) or ``dataset/split``; `like` asks
+    for the same exit policy settings and exits as another profile (a held-out check).
+
+    Raises:
+        DseError: no such set, a set of another model, or profiled with other settings.
+    """
+    sets = repo.list_calibration_sets(s)
+    matches = [c for c in sets if (ref.isdigit() and c.id == int(ref)) or ref in
+               (c.split, f"{c.dataset}/{c.split}")]
+    profiles = repo.find_accuracy_profiles(s, model.id, complete_only=True)
+    mine = {p.calibration_set_id for p in profiles}
+    if not matches:
+        known = ", ".join(_describe(c) for c in sets if c.id in mine) or "none"
+        raise DseError(f"no stored calibration set {ref!r}; model {model.name!r} has {known}; "
+                       f"profile it with `dse profile --checkpoint CKPT --device NAME --split "
+                       f"'{ref}' --no-latency`")
+    ours = [c for c in matches if c.id in mine]
+    if not ours:
+        raise DseError(f"calibration set {_describe(matches[0])} has no complete accuracy "
+                       f"profile of model {model.name!r} (another model or input size was "
+                       f"profiled on it); run `dse profile --checkpoint CKPT --device NAME "
+                       f"--split '{matches[0].split}' --no-latency` with this model's checkpoint")
+    if len(ours) > 1:
+        raise DseError(f"{ref!r} names several calibration sets: "
+                       f"{', '.join(_describe(c) for c in ours)}; give the id")
+    found = [p for p in profiles if p.calibration_set_id == ours[0].id and (
+        like is None or (p.settings == like.settings and set(p.exit_ids) == set(like.exit_ids)))]
+    if not found:
+        raise DseError(f"calibration set {_describe(ours[0])} was profiled with another exit "
+                       "policy or other exits than the selection set; re-profile it with the "
+                       "same checkpoint")
+    return found[0]
+
+
+def load_problem(s: Session, *, device: str, model: str | None,
+                 calibration: str | None = None) -> Problem:
+    """Model, device, accuracy profile (newest, or of `calibration`) and latency profile.
 
     Raises:
         DseError / StorageError: naming the `dse profile` run that provides what is missing.
@@ -117,6 +194,8 @@ def load_problem(s: Session, *, device: str, model: str | None) -> Problem:
     if not profiles:
         raise DseError(f"model {mod.name!r} has no complete accuracy profile; run "
                        f"`dse profile --checkpoint CKPT --device {dev.name} --accuracy`")
+    if calibration is not None:
+        profiles = [find_profile(s, mod, calibration)]
     # predicted (few-shot) rows count: the search says what it rests on (db.trust)
     latency = repo.load_latency(s, model_id=mod.id, device_id=dev.id, include_predicted=True)
     if not latency:
@@ -134,7 +213,44 @@ def load_problem(s: Session, *, device: str, model: str | None) -> Problem:
     data = accuracy_from_records(repo.load_accuracy(s, profiles[0].id), exits, positions)
     cost = cost_from_records(latency, positions)
     return Problem(model=mod, device=dev, profile_id=profiles[0].id, input_shape=shape,
-                   evaluator=Evaluator(data, cost))
+                   evaluator=Evaluator(data, cost),
+                   calibration=repo.get_calibration_set(s, profiles[0].calibration_set_id),
+                   positions=tuple(positions))
+
+
+def load_check_set(s: Session, problem: Problem, ref: str
+                   ) -> tuple[AccuracyProfileRecord, CalibrationSetRecord, Evaluator]:
+    """The profile of `--check-on` and an evaluator on it with the search's device costs."""
+    selection = repo.get_accuracy_profile(s, problem.profile_id)
+    profile = find_profile(s, problem.model, ref, like=selection)
+    calib = repo.get_calibration_set(s, profile.calibration_set_id)
+    if problem.calibration is not None and calib.id == problem.calibration.id:
+        raise DseError(f"--check-on {ref!r} is the selection set itself; name another stored "
+                       "calibration set (e.g. the other half: val[1::2] for val[::2])")
+    data = accuracy_from_records(repo.load_accuracy(s, profile.id),
+                                 repo.list_exits(s, problem.model.id), list(problem.positions))
+    check_compatible(problem.evaluator.data, data, what=f"calibration set {_describe(calib)}")
+    return profile, calib, Evaluator(data, problem.evaluator.cost)
+
+
+def _intervals_for(boot: Bootstrap, evaluations: list[Evaluation], confidence: float | None
+                   ) -> Callable[[list[int]], dict[int, Intervals]]:
+    def compute(indices: list[int]) -> dict[int, Intervals]:
+        return {i: boot.intervals(evaluations[i].config, confidence=confidence) for i in indices}
+    return compute
+
+
+def _check_front(problem: Problem, held: tuple[AccuracyProfileRecord, CalibrationSetRecord,
+                                               Evaluator],
+                 evaluations: list[Evaluation], indices: list[int], request: SearchRequest,
+                 bounds: Bounds) -> HeldOut:
+    profile, calib, check_ev = held
+    baseline, checks = check_on(problem.evaluator, check_ev,
+                                [(i, evaluations[i]) for i in indices],
+                                request.constraints, bounds)
+    own = set(problem.calibration.sample_ids) if problem.calibration else set()
+    return HeldOut(calibration=calib, profile_id=profile.id, baseline=baseline, checks=checks,
+                   shared_images=len(own & set(calib.sample_ids)))
 
 
 def searcher_for(request: SearchRequest, url: str) -> Searcher:
@@ -147,12 +263,17 @@ def searcher_for(request: SearchRequest, url: str) -> Searcher:
 
 def run_search(engine: Engine, url: str, request: SearchRequest,
                progress: Progress | None = None) -> StoredRun:
-    """Load, search, then store the run and its candidates in one transaction."""
+    """Load, search, bootstrap front 1, check it on `check_on`, then store it all at once."""
     with session_scope(engine) as s:
-        problem = load_problem(s, device=request.device, model=request.model)
+        problem = load_problem(s, device=request.device, model=request.model,
+                               calibration=request.calibration)
         trust = latency_trust(s, model_id=problem.model.id, device_id=problem.device.id,
                               input_shape=problem.input_shape)
+        held = load_check_set(s, problem, request.check_on) if request.check_on else None
     ev = problem.evaluator
+    if request.bootstrap is not None and ev.data.num_samples < 2:
+        raise DseError("the calibration set has one image: nothing to resample for intervals; "
+                       "profile more images or pass --bootstrap 0")
     space = build_space(ev.data, max_exits=request.max_exits, positions=request.positions,
                         heads=request.heads, th_pix=request.th_pix, th_img=request.th_img,
                         mode=request.mode, per_exit_thresholds=request.per_exit_thresholds)
@@ -162,11 +283,33 @@ def run_search(engine: Engine, url: str, request: SearchRequest,
     result = searcher_for(request, url).search(ev, space, objectives=list(request.objectives),
                                                bounds=bounds, progress=progress)
     duration = time.perf_counter() - started
-    chosen = pick(request.constraints.target, list(result.candidates), list(result.fronts))
+    evaluations, fronts = list(result.candidates), list(result.fronts)
+    plain = pick(request.constraints.target, evaluations, fronts)
+    chosen, robust = plain, None
+    front1 = [i for i, f in enumerate(fronts) if f == 1]
+    intervals: dict[int, Intervals] = {}
     constraints = {**request.constraints.to_dict(),
                    "resolved": {n: getattr(bounds, n) for n in bounds.names()}}
+    if request.bootstrap is not None:
+        compute = _intervals_for(Bootstrap(ev, request.bootstrap), evaluations,
+                                 request.confidence)
+        intervals.update(compute(front1))
+        constraints["bootstrap"] = request.bootstrap.to_dict()
+        if request.confidence is not None:
+            constraints["confidence"] = request.confidence
+            if request.constraints.target is not None and evaluations:
+                robust = robust_pick(request.constraints.target, evaluations,
+                                     request.constraints, bounds, intervals, compute)
+                chosen = robust.chosen
+                constraints["plain_candidate"] = plain
     if chosen is not None:
         constraints["chosen_candidate"] = chosen
+    checked = sorted(set(front1) | ({chosen} if chosen is not None else set()))
+    held_out = _check_front(problem, held, evaluations, checked, request, bounds) if held else None
+    if held_out is not None:
+        constraints["check_on"] = {"calibration_set": held_out.calibration.id,
+                                   "split": held_out.calibration.split,
+                                   "dataset": held_out.calibration.dataset}
     try:
         with session_scope(engine) as s:
             run = repo.create_search_run(
@@ -177,12 +320,29 @@ def run_search(engine: Engine, url: str, request: SearchRequest,
                 input_shape=list(problem.input_shape), duration_s=duration,
                 n_evaluated=result.n_evaluated)
             repo.add_candidates(s, run.id, [
-                candidate_input(i, e, f) for i, (e, f) in
-                enumerate(zip(result.candidates, result.fronts, strict=True))])
+                candidate_input(i, e, f, intervals.get(i)) for i, (e, f) in
+                enumerate(zip(evaluations, fronts, strict=True))])
+            if held_out is not None:
+                _store_checks(s, run, held_out)
             stored = repo.list_candidates(s, run.id)
     except ValueError as exc:
         raise StorageError(f"could not store the search run: {exc}") from exc
-    return StoredRun(run=run, candidates=stored, chosen=chosen, trust=trust)
+    return StoredRun(run=run, candidates=stored, chosen=chosen, trust=trust, plain=plain, robust=robust,
+                     held_out=held_out, num_images=ev.data.num_samples)
+
+
+def _store_checks(s: Session, run: SearchRunRecord, held: HeldOut) -> None:
+    """Each held-out check as a verification row, marked as read from a stored profile."""
+    calib = held.calibration
+    for check in held.checks:
+        repo.add_verification(
+            s, run_id=run.id, candidate_index=check.candidate, device_id=run.device_id,
+            dataset=calib.dataset, split=calib.split, predicted=check.predicted,
+            measured={**check.observed, "source": "stored profile",
+                      "check_set": {"calibration_set": calib.id, "accuracy_profile": held.profile_id,
+                                    "images": calib.num_samples,
+                                    "shared_images": held.shared_images},
+                      "moved_exits": check.moved, "broken": check.broken})
 
 
 def _baseline(e: Evaluation) -> dict[str, float]:
@@ -190,10 +350,12 @@ def _baseline(e: Evaluation) -> dict[str, float]:
             "gflops": e.gflops}
 
 
-def candidate_input(index: int, e: Evaluation, front: int) -> CandidateInput:
-    """A store row for an evaluated configuration."""
+def candidate_input(index: int, e: Evaluation, front: int,
+                    intervals: Intervals | None = None) -> CandidateInput:
+    """A store row for an evaluated configuration (with its bootstrap intervals, if any)."""
     return CandidateInput(
         index=index, front=front, exits=list(e.config.all_exits), th_pix=list(e.config.th_pix),
         th_img=e.config.th_img, miou=e.miou, latency_ms=e.latency_ms,
         latency_p95_ms=e.latency_p95_ms, gflops=e.gflops, exit_rates=e.exit_rates,
-        feasible=True, anytime_ms=list(e.anytime_ms) if e.anytime_ms is not None else None)
+        feasible=True, anytime_ms=list(e.anytime_ms) if e.anytime_ms is not None else None,
+        intervals=intervals.to_dict() if intervals is not None else None)

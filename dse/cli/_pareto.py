@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -49,6 +50,12 @@ def pareto_command(
     study: Annotated[str | None, typer.Option("--study", help="Optuna study name to create or join.")] = None,
     trials: Annotated[int, typer.Option("--trials", help="Optuna trials in this process.")] = 500,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    calibration: Annotated[str | None, typer.Option("--calibration", help="Calibration set to select on: id or split, e.g. 'val[::2]' (default: the newest profiled).")] = None,
+    check_on: Annotated[str | None, typer.Option("--check-on", help="Score front 1 on another stored calibration set (id or split, e.g. 'val[1::2]').")] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the intervals of front 1 (0: none).")] = 1000,
+    bootstrap_seed: Annotated[int, typer.Option("--bootstrap-seed", help="Seed of the resampling.")] = 0,
+    interval: Annotated[float, typer.Option("--interval", help="Central probability of the intervals shown.")] = 0.9,
+    confidence: Annotated[float | None, typer.Option("--confidence", help="Robust selection: constraints must hold at this one-sided bootstrap bound, e.g. 0.9.")] = None,
     report: Annotated[str | None, typer.Option("--report", help="Write the HTML report here.")] = None,
     db: DbOption = DEFAULT_DB,
     json_output: JsonOption = False,
@@ -58,8 +65,16 @@ def pareto_command(
     from db.session import parse_url
     from dse.constraints import Constraints
     from dse.run import SearchRequest, run_search
+    from dse.uncertainty import BootstrapSettings, check_probability
 
     try:
+        check_probability(interval, "--interval")
+        if confidence is not None:
+            check_probability(confidence, "--confidence")
+        if bootstrap < 0 or bootstrap == 1:
+            raise ValueError(f"--bootstrap must be 0 (no intervals) or at least 2, got {bootstrap}")
+        settings = (BootstrapSettings(resamples=bootstrap, seed=bootstrap_seed, level=interval)
+                    if bootstrap else None)
         request = SearchRequest(
             device=device, model=model, method=method,
             objectives=_names(objectives) or (), max_exits=max_exits,
@@ -68,7 +83,9 @@ def pareto_command(
             per_exit_thresholds=per_exit_thresholds,
             constraints=Constraints(max_latency_ms=max_latency_ms, max_drop_pp=max_drop_pp,
                                     min_miou=min_miou, max_gflops=max_gflops, target=target),
-            n_jobs=workers, max_front=fronts, study=study, trials=trials, seed=seed)
+            n_jobs=workers, max_front=fronts, study=study, trials=trials, seed=seed,
+            calibration=calibration, check_on=check_on, bootstrap=settings,
+            confidence=confidence)
     except ValueError as exc:
         raise DseError(str(exc)) from exc
     if report is not None:
@@ -97,6 +114,38 @@ def pareto_command(
         console.print(f"report: {written}")
 
 
+def _interval_cell(iv: dict | None, exits: list[str]) -> str:  # type: ignore[type-arg]
+    """The intervals of one candidate as short lines for the table."""
+    if not iv:
+        return "-"
+    m, d, lat = iv["miou"], iv["drop_pp"], iv["latency_ms"]
+    rates = " ".join(
+        f"{100 * lo:.0f}-{100 * hi:.0f}%" for lo, hi in (iv["exit_rates"].get(e, (0, 0))
+                                                         for e in exits))
+    return (f"mIoU {m[0]:.4f}-{m[1]:.4f}\ndrop {d[0]:+.2f}..{d[1]:+.2f} pp\n"
+            f"ms {lat[0]:.3f}-{lat[1]:.3f}\nrates {rates}")
+
+
+def _json_line(stored, c) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    line = {
+        "run": stored.run.id, "candidate": c.index, "front": c.front, "exits": c.exits,
+        "th_pix": c.th_pix, "th_img": c.th_img, "miou": c.miou,
+        "latency_ms": c.latency_ms, "latency_p95_ms": c.latency_p95_ms,
+        "gflops": c.gflops, "exit_rates": c.exit_rates, "anytime_ms": c.anytime_ms,
+        "chosen": c.index == stored.chosen, "intervals": c.intervals,
+    }
+    if stored.robust is not None:
+        line["plain_pick"] = c.index == stored.plain
+    held = stored.held_out
+    check = next((k for k in held.checks if k.candidate == c.index), None) if held else None
+    if check is not None:
+        line["check"] = {"calibration_set": held.calibration.id,
+                         "dataset": held.calibration.dataset, "split": held.calibration.split,
+                         "predicted": check.predicted, "observed": check.observed,
+                         "moved_exits": check.moved, "broken": check.broken}
+    return line
+
+
 def print_run(stored, json_output: bool) -> None:  # type: ignore[no-untyped-def]
     run = stored.run
     warning = stored.trust.warning if stored.trust is not None else None
@@ -104,33 +153,107 @@ def print_run(stored, json_output: bool) -> None:  # type: ignore[no-untyped-def
         err_console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     if json_output:
         for c in stored.candidates:
-            typer.echo(json.dumps({
-                "run": run.id, "candidate": c.index, "front": c.front, "exits": c.exits,
-                "th_pix": c.th_pix, "th_img": c.th_img, "miou": c.miou,
-                "latency_ms": c.latency_ms, "latency_p95_ms": c.latency_p95_ms,
-                "gflops": c.gflops, "exit_rates": c.exit_rates, "anytime_ms": c.anytime_ms,
-                "chosen": c.index == stored.chosen,
-            }, sort_keys=True))
+            typer.echo(json.dumps(_json_line(stored, c), sort_keys=True))
         return
     base = run.baseline
     console.print(f"run {run.id}: {run.model_name} on {run.device_name}, {run.method} "
                   f"({run.mode}), {run.n_evaluated:,} configurations in {run.duration_s:.2f} s; "
                   f"baseline (final exit only): mIoU {base['miou']:.4f}, "
-                  f"{base['latency_ms']:.3f} ms, {base['gflops']:.3f} GFLOPs")
-    table = Table("#", "front", "exits", "th_pix", "th_img", "mIoU", "ms", "p95 ms", "GFLOPs",
-                  "exit rates", title="front 1 (non-dominated)")
+                  f"{base['latency_ms']:.3f} ms, {base['gflops']:.3f} GFLOPs", markup=False)
+    boot = run.constraints.get("bootstrap")
+    columns = ["#", "front", "exits", "th_pix", "th_img", "mIoU", "ms", "p95 ms", "GFLOPs",
+               "exit rates"]
+    if boot:
+        columns.append(f"{100 * boot['level']:g}% interval")
+    table = Table(*columns, title="front 1 (non-dominated)")
     for c in stored.candidates:
         if c.front != 1:
             continue
         mark = " *" if c.index == stored.chosen else ""
-        table.add_row(f"{c.index}{mark}", str(c.front), "\n".join(c.exits),
-                      ",".join(f"{t:g}" for t in c.th_pix), f"{c.th_img:g}", f"{c.miou:.4f}",
-                      f"{c.latency_ms:.3f}", f"{c.latency_p95_ms:.3f}", f"{c.gflops:.3f}",
-                      " ".join(f"{c.exit_rates.get(e, 0.0):.0%}" for e in c.exits))
+        mark += " p" if stored.robust is not None and c.index == stored.plain else ""
+        row = [f"{c.index}{mark}", str(c.front), "\n".join(c.exits),
+               ",".join(f"{t:g}" for t in c.th_pix), f"{c.th_img:g}", f"{c.miou:.4f}",
+               f"{c.latency_ms:.3f}", f"{c.latency_p95_ms:.3f}", f"{c.gflops:.3f}",
+               " ".join(f"{c.exit_rates.get(e, 0.0):.0%}" for e in c.exits)]
+        if boot:
+            row.append(_interval_cell(c.intervals, c.exits))
+        table.add_row(*(escape(v) for v in row))
     console.print(table)
     later = sum(c.front > 1 for c in stored.candidates)
     console.print(f"{later} more candidates on fronts 2..{max(c.front for c in stored.candidates)} "
                   f"stored; `dse report --runs {run.id} --out FILE` plots them")
-    if stored.chosen is not None:
+    if boot:
+        console.print(f"intervals: {boot['resamples']} bootstrap resamples of the "
+                      f"{stored.num_images} calibration images (seed {boot['seed']}), exact "
+                      "evaluator; they cover image sampling noise, not other kinds of images "
+                      "(--check-on measures that)", markup=False)
+    if stored.robust is not None:
+        _print_robust(stored)
+    elif stored.chosen is not None:
         console.print(f"* chosen for --target {run.constraints.get('target')}: "
                       f"candidate {stored.chosen}")
+    if stored.held_out is not None:
+        _print_checks(stored)
+
+
+def _print_robust(stored) -> None:  # type: ignore[no-untyped-def]
+    run, robust = stored.run, stored.robust
+    p, target = run.constraints["confidence"], run.constraints.get("target")
+    by_index = {c.index: c for c in stored.candidates}
+    plain = by_index.get(stored.plain) if stored.plain is not None else None
+    if robust.chosen is None:
+        why = "; ".join(robust.failures.get(stored.plain, [])) if plain else ""
+        console.print(f"no stored candidate meets the constraints at confidence {p:g} "
+                      f"({robust.examined} examined); the plain pick, candidate {stored.plain}, "
+                      f"has {why or 'no bounds'}; relax the constraints, lower --confidence or "
+                      "profile more calibration images", markup=False)
+        return
+    pick = by_index[robust.chosen]
+    console.print(f"* chosen for --target {target} at confidence {p:g}: candidate {pick.index} "
+                  f"({robust.examined} candidate(s) bootstrapped)", markup=False)
+    if plain is None or plain.index == pick.index:
+        console.print("  the plain pick (point estimates) is the same candidate: robust costs "
+                      "nothing here", markup=False)
+        return
+    why = "; ".join(robust.failures.get(plain.index, []))
+    d_ms = pick.latency_ms - plain.latency_ms
+    rel = f", {100 * d_ms / plain.latency_ms:+.1f}%" if plain.latency_ms > 0 else ""
+    console.print(
+        f"  p = the plain pick on the point estimates, candidate {plain.index}: its bound breaks "
+        f"{why}. Against it the robust pick changes mean latency by {d_ms:+.3f} ms{rel} "
+        f"({plain.latency_ms:.3f} -> {pick.latency_ms:.3f}) and mIoU by "
+        f"{100 * (pick.miou - plain.miou):+.2f} pp ({100 * plain.miou:.2f}% -> "
+        f"{100 * pick.miou:.2f}%)", markup=False)
+
+
+def _rates(rates: dict, exits: list[str]) -> str:  # type: ignore[type-arg]
+    return "/".join(f"{100 * rates.get(e, 0.0):.0f}" for e in exits) + "%"
+
+
+def _print_checks(stored) -> None:  # type: ignore[no-untyped-def]
+    held = stored.held_out
+    calib = held.calibration
+    by_index = {c.index: c for c in stored.candidates}
+    title = (f"held-out check on {calib.dataset}/{calib.split} ({calib.num_samples} images, "
+             f"{held.shared_images} also in the selection set), read from the store")
+    table = Table("#", "mIoU pred -> obs", "drop pp pred -> obs", "ms pred -> obs",
+                  "exit rates pred -> obs", "flags", title=escape(title))
+    moved = broken = 0
+    for k in held.checks:
+        exits = by_index[k.candidate].exits
+        p, o = k.predicted, k.observed
+        flags = [f"{e} {v:+.0f} pts" for e, v in k.moved.items()] + k.broken
+        moved += bool(k.moved)
+        broken += bool(k.broken)
+        table.add_row(*(escape(v) for v in (
+            f"{k.candidate}{' *' if k.candidate == stored.chosen else ''}",
+            f"{p['miou']:.4f} -> {o['miou']:.4f}", f"{p['drop_pp']:+.2f} -> {o['drop_pp']:+.2f}",
+            f"{p['latency_ms']:.3f} -> {o['latency_ms']:.3f}",
+            f"{_rates(p['exit_rates'], exits)} -> {_rates(o['exit_rates'], exits)}",
+            "\n".join(flags) or "ok")))
+    console.print(table)
+    console.print(f"baseline on the check set: mIoU {held.baseline.miou:.4f}; "
+                  f"{moved} of {len(held.checks)} candidate(s) have an exit rate that moved more "
+                  f"than 5 points, {broken} break a constraint they met on the selection set; "
+                  "latency there is the device's component costs along the observed routes",
+                  markup=False)

@@ -37,6 +37,8 @@ class PointData:
     miou: float
     gflops: float
     hover: str
+    miou_interval: tuple[float, float] | None = None  # bootstrap interval (dse pareto)
+    latency_interval: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +71,7 @@ class VerificationPoint:
     latency_ms: float
     miou: float
     hover: str
+    held_out: bool = False  # read from another stored calibration set (dse pareto --check-on)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,13 +114,34 @@ def candidate_hover(run: SearchRunRecord, cand: CandidateRecord) -> str:
     ]
     if cand.anytime_ms:
         lines.insert(5, "anytime outputs at " + ", ".join(ms(v) for v in cand.anytime_ms))
+    if cand.intervals:
+        lines[-1:-1] = interval_lines(cand.intervals)
     return "<br>".join(lines)
 
 
+def interval_lines(iv: dict) -> list[str]:  # type: ignore[type-arg]
+    """Hover lines of a candidate's stored bootstrap intervals (`dse pareto`)."""
+    level = float(iv.get("level", 0.0))
+    m, d, lat = iv["miou"], iv["drop_pp"], iv["latency_ms"]
+    rates = ", ".join(f"{esc(e)} {100 * lo:.0f}–{100 * hi:.0f} %"
+                      for e, (lo, hi) in iv.get("exit_rates", {}).items())
+    lines = [f"<i>{100 * level:g} % bootstrap interval</i>: mIoU {pct(m[0])}–{pct(m[1])}",
+             f"drop {d[0]:+.2f} to {d[1]:+.2f} pp · latency {ms(lat[0])}–{ms(lat[1])}",
+             f"exit rates {rates}"]
+    bounds, confidence = iv.get("bounds"), iv.get("confidence")
+    if bounds and confidence:
+        lines.append(f"at confidence {confidence:g}: drop ≤ {bounds['drop_pp_high']:.2f} pp, "
+                     f"mIoU ≥ {pct(bounds['miou_low'])}, latency ≤ {ms(bounds['latency_ms_high'])}")
+    return lines
+
+
 def _point(run: SearchRunRecord, cand: CandidateRecord) -> PointData:
+    iv = cand.intervals or {}
     return PointData(
         candidate=cand.index, latency_ms=cand.latency_ms, latency_p95_ms=cand.latency_p95_ms,
         miou=cand.miou, gflops=cand.gflops, hover=candidate_hover(run, cand),
+        miou_interval=tuple(iv["miou"]) if "miou" in iv else None,  # type: ignore[arg-type]
+        latency_interval=tuple(iv["latency_ms"]) if "latency_ms" in iv else None,  # type: ignore[arg-type]
     )
 
 
@@ -200,6 +224,12 @@ def _verification_points(run: SearchRunRecord, candidates: Sequence[CandidateRec
             continue
         lat = float(m_lat) if m_lat is not None else cand.latency_ms
         miou = float(m_miou) if m_miou is not None else cand.miou
+        if ver.measured.get("source") == "stored profile":
+            out.append(VerificationPoint(
+                candidate=cand.index, predicted_latency_ms=cand.latency_ms,
+                predicted_miou=cand.miou, latency_ms=lat, miou=miou, held_out=True,
+                hover=held_out_hover(cand, ver)))
+            continue
         hover = "<br>".join([
             f"<b>measured</b>: candidate {cand.index} on {esc(ver.device_name)}",
             f"data {esc(ver.dataset)} / {esc(ver.split)}",
@@ -212,6 +242,29 @@ def _verification_points(run: SearchRunRecord, candidates: Sequence[CandidateRec
                                      predicted_miou=cand.miou, latency_ms=lat, miou=miou,
                                      hover=hover))
     return out
+
+
+def held_out_hover(cand: CandidateRecord, ver: VerificationRecord) -> str:
+    """Hover of a held-out check: predicted vs observed on another stored calibration set."""
+    m = ver.measured
+    lines = [
+        f"<b>held-out check</b>: candidate {cand.index} on {esc(ver.dataset)} / "
+        f"{esc(ver.split)} (stored profile, no network run)",
+        f"mIoU {pct(float(m['miou']))} observed vs {pct(cand.miou)} predicted",
+    ]
+    if "drop_pp" in m and "drop_pp" in ver.predicted:
+        lines.append(f"drop {float(m['drop_pp']):+.2f} pp observed vs "
+                     f"{float(ver.predicted['drop_pp']):+.2f} pp predicted")
+    rates = m.get("exit_rates") or {}
+    lines.append("exit rates " + ", ".join(
+        f"{esc(e)} {100 * cand.exit_rates.get(e, 0.0):.0f} → {100 * float(r):.0f} %"
+        for e, r in rates.items()))
+    lines.append(f"latency {ms(float(m['latency_ms']))} from component costs on the observed "
+                 "routes")
+    flags = [f"{esc(e)} moved {float(v):+.0f} points" for e, v in
+             (m.get("moved_exits") or {}).items()] + [esc(b) for b in m.get("broken") or []]
+    lines.append("<b>flags</b>: " + "; ".join(flags) if flags else "no flags")
+    return "<br>".join(lines)
 
 
 def chosen_candidate(run: SearchRunRecord) -> int | None:

@@ -53,6 +53,22 @@ def _layout(fig: go.Figure, *, title: str, height: int) -> None:
     )
 
 
+def _error_bars(points: tuple[PointData, ...], color: str) -> dict[str, object]:
+    """Bootstrap intervals as asymmetric error bars (points without one get none)."""
+    if not any(p.miou_interval for p in points):
+        return {}
+
+    def bars(values: list[float], intervals: list[tuple[float, float] | None]) -> dict:  # type: ignore[type-arg]
+        return dict(type="data", symmetric=False, color=color, thickness=1, width=3,
+                    array=[iv[1] - v if iv else 0.0 for v, iv in zip(values, intervals, strict=True)],
+                    arrayminus=[v - iv[0] if iv else 0.0
+                                for v, iv in zip(values, intervals, strict=True)])
+
+    return dict(error_y=bars([p.miou for p in points], [p.miou_interval for p in points]),
+                error_x=bars([p.latency_ms for p in points],
+                             [p.latency_interval for p in points]))
+
+
 def _points_trace(points: tuple[PointData, ...], *, name: str, **style: object) -> go.Scatter:
     return go.Scatter(
         x=[p.latency_ms for p in points], y=[p.miou for p in points],
@@ -62,7 +78,8 @@ def _points_trace(points: tuple[PointData, ...], *, name: str, **style: object) 
 
 
 def _series_trace(series: FrontSeries) -> go.Scatter:
-    return _points_trace(series.points, name=series.name, **_STYLE[series.style])
+    return _points_trace(series.points, name=series.name, **_STYLE[series.style],
+                         **_error_bars(series.points, "rgba(31, 95, 191, 0.45)"))
 
 
 def front_figure(data: FrontFigureData) -> go.Figure:
@@ -89,20 +106,25 @@ def front_figure(data: FrontFigureData) -> go.Figure:
         fig.add_trace(_points_trace(
             (data.chosen,), name=data.chosen_label, mode="markers", legendrank=99,
             marker=dict(size=20, symbol="circle-open", color="#e67700", line=dict(width=3))))
-    if data.verifications:
+    for held_out, name, color, symbol in (
+            (False, "measured (dse verify)", "#e67700", "diamond"),
+            (True, "held-out check (dse pareto --check-on)", "#2b8a3e", "square")):
+        checks = [v for v in data.verifications if v.held_out == held_out]
+        if not checks:
+            continue
         xs: list[float | None] = []
         ys: list[float | None] = []
-        for v in data.verifications:
+        for v in checks:
             xs += [v.predicted_latency_ms, v.latency_ms, None]
             ys += [v.predicted_miou, v.miou, None]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-                                 line=dict(color="#e67700", width=1, dash="dash")))
+                                 line=dict(color=color, width=1, dash="dash")))
         fig.add_trace(go.Scatter(
-            x=[v.latency_ms for v in data.verifications], y=[v.miou for v in data.verifications],
-            customdata=[v.candidate for v in data.verifications],
-            hovertext=[v.hover for v in data.verifications], hovertemplate=HOVER,
-            mode="markers", name="measured (dse verify)", legendrank=101,
-            marker=dict(size=11, symbol="diamond", color="#e67700",
+            x=[v.latency_ms for v in checks], y=[v.miou for v in checks],
+            customdata=[v.candidate for v in checks],
+            hovertext=[v.hover for v in checks], hovertemplate=HOVER,
+            mode="markers", name=name, legendrank=101 + held_out,
+            marker=dict(size=11, symbol=symbol, color=color,
                         line=dict(width=1, color="#212529"))))
     fig.update_xaxes(title_text="mean latency (ms)", range=list(data.x_range))
     fig.update_yaxes(title_text="mIoU", tickformat=".1%", range=list(data.y_range))

@@ -75,12 +75,22 @@ def front_table(run: SearchRunRecord, candidates: Sequence[CandidateRecord]) -> 
             _num(c.gflops, f"{c.gflops:.3f}"),
             _num(speed, f"{speed:.2f}×") if speed is not None else NA,
             _num(final_share, f"{100 * final_share:.1f} %") if final_share is not None else NA,
+            _interval_cell(c.intervals, "miou"), _interval_cell(c.intervals, "latency_ms"),
         ])
     if not rows:
         return "<p class=\"note\">No feasible candidate on front 1 in this run.</p>"
     return _table(["candidate", "early exits", "exits", "thresholds", "mIoU", "Δ mIoU",
-                   "latency mean", "latency p95", "GFLOPs", "speed-up", "at final"], rows,
-                  css="front")
+                   "latency mean", "latency p95", "GFLOPs", "speed-up", "at final",
+                   "mIoU interval", "latency interval"], rows, css="front")
+
+
+def _interval_cell(iv: dict[str, Any] | None, key: str) -> Cell:
+    """A stored bootstrap interval as text (`dse pareto` stores them for front 1)."""
+    if not iv or key not in iv:
+        return NA
+    lo, hi = iv[key]
+    text = f"{pct(lo)}–{pct(hi)}" if key == "miou" else f"{ms(lo)}–{ms(hi)}"
+    return (f"{text} ({100 * float(iv['level']):g} %)", f"{lo:.9g}")
 
 
 def _fmt_value(key: str, value: float | None) -> str:
@@ -123,10 +133,11 @@ def verification_table(verifications: Sequence[VerificationRecord]) -> str:
                 rel = f" ({100 * delta / p_val:+.1f} %)" if p_val else ""
                 text = f"{100 * delta:+.2f} pp" if key == "miou" else f"{delta:+.4g}{rel}"
                 diff = (text, f"{delta:.9g}")
+            source = " (held-out, stored profile)" if v.measured.get("source") else ""
             rows.append([
                 (str(v.candidate_index), str(v.candidate_index)),
                 (esc(v.device_name), v.device_name),
-                (f"{esc(v.dataset)} / {esc(v.split)}", f"{v.dataset}/{v.split}"),
+                (f"{esc(v.dataset)} / {esc(v.split)}{esc(source)}", f"{v.dataset}/{v.split}"),
                 (esc(key), key),
                 _num(p_val, _fmt_value(key, p_val)),
                 _num(m_val, _fmt_value(key, m_val)),
