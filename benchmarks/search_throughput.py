@@ -25,6 +25,7 @@ from dse.optuna_search import OptunaSearcher
 from dse.pareto import hypervolume_2d
 from dse.space import Configuration, build_space, count_configurations
 from dse.synthetic import random_accuracy, random_costs
+from dse.uncertainty import Bootstrap, BootstrapSettings
 
 
 def reference_seconds_per_config(ev: Evaluator, configs: list[Configuration]) -> float:
@@ -86,6 +87,17 @@ def main() -> None:
     if args.jobs == 1:  # CPU time of this process: what the search costs when the CPU is not shared
         print(f"  CPU time {time.process_time() - cpu_started:.2f} s "
               f"(load average while running: {os.getloadavg()[0]:.1f})")
+
+    # what `dse pareto` adds after the search: bootstrap intervals of front 1 (default settings)
+    front1 = [e.config for e, f in zip(result.candidates, result.fronts, strict=True) if f == 1]
+    started = time.perf_counter()
+    boot = Bootstrap(ev, BootstrapSettings())
+    boot.intervals_batch(front1, confidence=0.9)
+    boot_s = time.perf_counter() - started
+    print(f"bootstrap intervals of front 1 ({len(front1)} candidates, "
+          f"{boot.settings.resamples} resamples, {boot.dtype}): {boot_s:.2f} s = "
+          f"{100 * boot_s / wall:.1f}% of the search (search + intervals / search = "
+          f"{(wall + boot_s) / wall:.3f})")
 
     sample = [e.config for e in result.candidates[:20]] or [Configuration(exits=())]
     ref = reference_seconds_per_config(ev, sample)

@@ -236,7 +236,9 @@ def load_check_set(s: Session, problem: Problem, ref: str
 def _intervals_for(boot: Bootstrap, evaluations: list[Evaluation], confidence: float | None
                    ) -> Callable[[list[int]], dict[int, Intervals]]:
     def compute(indices: list[int]) -> dict[int, Intervals]:
-        return {i: boot.intervals(evaluations[i].config, confidence=confidence) for i in indices}
+        found = boot.intervals_batch([evaluations[i].config for i in indices],
+                                     confidence=confidence)
+        return dict(zip(indices, found, strict=True))
     return compute
 
 

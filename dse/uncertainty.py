@@ -29,6 +29,7 @@ from dse.space import Configuration
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_LEVEL = 0.9
+_BLOCK = 64  # configurations whose per-image columns share one matrix product
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,52 +155,83 @@ class Bootstrap:
     def replicates(self, config: Configuration) -> Replicates:
         """Objectives of `config` on every resample, each exactly what `Evaluator.evaluate`
         gives on a profile holding that resample's images."""
+        return self.replicates_batch([config])[0]
+
+    def replicates_batch(self, configs: Sequence[Configuration]) -> list[Replicates]:
+        """`replicates` of several configurations, with one matrix product per block of them
+        (the per-image columns of a block side by side), which is what makes front-wide
+        intervals cheap next to the search."""
+        out: list[Replicates] = []
+        for start in range(0, len(configs), _BLOCK):
+            out += self._block(configs[start: start + _BLOCK])
+        return out
+
+    def _block(self, configs: Sequence[Configuration]) -> list[Replicates]:
         ev, s, c = self.ev, self.ev.data.num_samples, self.ev.data.num_classes
-        if config.mode == "anytime":
-            point = ev.evaluate(config)
-            # every image pays every output; the final exit answers: only mIoU varies
-            final = len(ev.data.exit_ids)
-            counts = self._weighted(np.concatenate([ev.data.tp[final], ev.union[final]], axis=1))
-            miou = miou_from_union(counts[:, :c], counts[:, c:])
-            ones = np.ones(self.settings.resamples)
-            return Replicates(miou=miou, drop_pp=100.0 * (self.baseline_miou - miou),
-                              latency_ms=point.latency_ms * ones, gflops=point.gflops * ones,
-                              exit_rates={e: ones for e in config.all_exits})
-        r = ev.routes(config)
         images = np.arange(s)
-        onehot = np.zeros((s, r.num_slots))
-        onehot[images, r.slot] = 1.0
-        per_image = np.concatenate([ev.data.tp[r.exit_row, images], ev.union[r.exit_row, images],
-                                    onehot], axis=1)
-        totals = self._weighted(per_image)
-        # latencies are not integers: their weighted sum is done in float64
-        latency = (self.weights64 @ r.ms) / s
-        gflops = (self.weights64 @ r.gflops) / s
-        miou = miou_from_union(totals[:, :c], totals[:, c: 2 * c])
-        rates = totals[:, 2 * c:] / s
-        return Replicates(miou=miou, drop_pp=100.0 * (self.baseline_miou - miou),
-                          latency_ms=latency, gflops=gflops,
-                          exit_rates={e: rates[:, i] for i, e in enumerate(config.all_exits)})
+        final = len(ev.data.exit_ids)
+        counts, costs, slots = [], [], []
+        for config in configs:
+            if config.mode == "anytime":
+                # every image pays every output and the final exit answers: only mIoU varies
+                point = ev.evaluate(config)
+                rows = np.full(s, final)
+                ms, gf = np.full(s, point.latency_ms), np.full(s, point.gflops)
+                onehot = np.ones((s, len(config.all_exits)))
+            else:
+                r = ev.routes(config)
+                rows, ms, gf = r.exit_row, r.ms, r.gflops
+                onehot = np.zeros((s, r.num_slots))
+                onehot[images, r.slot] = 1.0
+            counts.append(np.concatenate([ev.data.tp[rows, images], ev.union[rows, images],
+                                          onehot], axis=1))
+            costs.append(np.stack([ms, gf], axis=1))
+            slots.append(onehot.shape[1])
+        totals = self._weighted(np.concatenate(counts, axis=1))
+        # latencies and GFLOPs are not integers: their weighted sums are done in float64
+        spent = (self.weights64 @ np.concatenate(costs, axis=1)) / s
+        out, col = [], 0
+        for k, config in enumerate(configs):
+            block = totals[:, col: col + 2 * c + slots[k]]
+            col += 2 * c + slots[k]
+            miou = miou_from_union(block[:, :c], block[:, c: 2 * c])
+            rates = block[:, 2 * c:] / s
+            out.append(Replicates(
+                miou=miou, drop_pp=100.0 * (self.baseline_miou - miou),
+                latency_ms=spent[:, 2 * k], gflops=spent[:, 2 * k + 1],
+                exit_rates={e: rates[:, i] for i, e in enumerate(config.all_exits)}))
+        return out
 
     def intervals(self, config: Configuration, *, confidence: float | None = None) -> Intervals:
         """Percentile intervals at the settings' level, and one-sided bounds at `confidence`."""
-        rep = self.replicates(config)
+        return self.intervals_batch([config], confidence=confidence)[0]
+
+    def intervals_batch(self, configs: Sequence[Configuration], *,
+                        confidence: float | None = None) -> list[Intervals]:
+        """`intervals` of several configurations (one quantile pass over all of them)."""
+        if not configs:
+            return []
+        reps = self.replicates_batch(configs)
+        series = [[rep.miou, rep.drop_pp, rep.latency_ms, rep.gflops, *rep.exit_rates.values()]
+                  for rep in reps]
         lo, hi = (1.0 - self.settings.level) / 2.0, (1.0 + self.settings.level) / 2.0
-
-        def pair(values: np.ndarray) -> tuple[float, float]:
-            a, b = np.quantile(values, [lo, hi])
-            return float(a), float(b)
-
-        bounds = None
-        if confidence is not None:
-            bounds = {"miou_low": float(np.quantile(rep.miou, 1.0 - confidence)),
-                      "drop_pp_high": float(np.quantile(rep.drop_pp, confidence)),
-                      "latency_ms_high": float(np.quantile(rep.latency_ms, confidence)),
-                      "gflops_high": float(np.quantile(rep.gflops, confidence))}
-        return Intervals(level=self.settings.level, miou=pair(rep.miou),
-                         drop_pp=pair(rep.drop_pp), latency_ms=pair(rep.latency_ms),
-                         exit_rates={e: pair(v) for e, v in rep.exit_rates.items()},
-                         confidence=confidence, bounds=bounds)
+        levels = [lo, hi] + ([] if confidence is None else [1.0 - confidence, confidence])
+        q = np.quantile(np.stack([v for row in series for v in row], axis=1), levels, axis=0)
+        out, col = [], 0
+        for rep in reps:
+            m, d, lat, gf = (q[:, col + i] for i in range(4))
+            rates = {e: (float(q[0, col + 4 + i]), float(q[1, col + 4 + i]))
+                     for i, e in enumerate(rep.exit_rates)}
+            col += 4 + len(rep.exit_rates)
+            bounds = None
+            if confidence is not None:
+                bounds = {"miou_low": float(m[2]), "drop_pp_high": float(d[3]),
+                          "latency_ms_high": float(lat[3]), "gflops_high": float(gf[3])}
+            out.append(Intervals(level=self.settings.level, miou=(float(m[0]), float(m[1])),
+                                 drop_pp=(float(d[0]), float(d[1])),
+                                 latency_ms=(float(lat[0]), float(lat[1])), exit_rates=rates,
+                                 confidence=confidence, bounds=bounds))
+        return out
 
 
 def bootstrap_intervals(ev: Evaluator, configs: Sequence[Configuration],
@@ -211,5 +243,4 @@ def bootstrap_intervals(ev: Evaluator, configs: Sequence[Configuration],
     if ev.data.num_samples < 2:
         raise DseError("the calibration set has one image: nothing to resample; profile more "
                        "images (dse profile --split) or pass --bootstrap 0")
-    boot = Bootstrap(ev, settings)
-    return [boot.intervals(c, confidence=confidence) for c in configs]
+    return Bootstrap(ev, settings).intervals_batch(configs, confidence=confidence)
