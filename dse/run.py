@@ -273,9 +273,10 @@ def run_search(engine: Engine, url: str, request: SearchRequest,
                               input_shape=problem.input_shape)
         held = load_check_set(s, problem, request.check_on) if request.check_on else None
     ev = problem.evaluator
-    if request.bootstrap is not None and ev.data.num_samples < 2:
-        raise DseError("the calibration set has one image: nothing to resample for intervals; "
-                       "profile more images or pass --bootstrap 0")
+    settings = request.bootstrap if ev.data.num_samples >= 2 else None
+    if request.confidence is not None and settings is None:
+        raise DseError("--confidence: the calibration set has one image, nothing to resample; "
+                       "profile more images (dse profile --split)")
     space = build_space(ev.data, max_exits=request.max_exits, positions=request.positions,
                         heads=request.heads, th_pix=request.th_pix, th_img=request.th_img,
                         mode=request.mode, per_exit_thresholds=request.per_exit_thresholds)
@@ -292,11 +293,10 @@ def run_search(engine: Engine, url: str, request: SearchRequest,
     intervals: dict[int, Intervals] = {}
     constraints = {**request.constraints.to_dict(),
                    "resolved": {n: getattr(bounds, n) for n in bounds.names()}}
-    if request.bootstrap is not None:
-        compute = _intervals_for(Bootstrap(ev, request.bootstrap), evaluations,
-                                 request.confidence)
+    if settings is not None:  # one image: no intervals (nothing to resample)
+        compute = _intervals_for(Bootstrap(ev, settings), evaluations, request.confidence)
         intervals.update(compute(front1))
-        constraints["bootstrap"] = request.bootstrap.to_dict()
+        constraints["bootstrap"] = settings.to_dict()
         if request.confidence is not None:
             constraints["confidence"] = request.confidence
             if request.constraints.target is not None and evaluations:
