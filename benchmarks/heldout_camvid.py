@@ -23,8 +23,8 @@ with the latency profile) and each half is stored as its own calibration set (it
 hash, from `training.data.dataset_content_hash`) with the per-image rows of its images copied
 from the `val` profile: per-image counts do not depend on which other images are profiled, so
 this is what `dse profile --split HALF` would store, without running the network again.
-`--heads` / `--positions` first cut the checkpoint down to a few candidate exits (same backbone,
-the chosen heads' weights), which keeps both the profile and the search small. The searches are
+`--heads` first cuts the checkpoint down to a few heads per position (same backbone, the chosen
+heads' weights), which keeps the profile small; `--positions` narrows the search. The searches are
 library calls; the store keeps everything (`dse report --runs ...` plots any run).
 
     .venv/bin/python benchmarks/heldout_camvid.py --checkpoint CKPT --db /tmp/heldout.db \\
@@ -66,18 +66,19 @@ def _profile(a: argparse.Namespace, checkpoint: str, split: str) -> None:
           file=sys.stderr, flush=True)
 
 
-def reduce_checkpoint(source: str, out: Path, *, heads: list[str] | None,
-                      positions: list[str] | None) -> str:
-    """A checkpoint with the same weights but only the chosen heads/positions (fewer exits)."""
-    if heads is None and positions is None:
+def reduce_checkpoint(source: str, out: Path, *, heads: list[str] | None) -> str:
+    """A checkpoint with the same weights but only the chosen heads (fewer exits to profile).
+
+    Positions stay (the backbone's segments are cut at them); `--positions` narrows the search.
+    """
+    if heads is None:
         return source
     from training.adapters import build_network
     from training.checkpoint import load_checkpoint, save_checkpoint
 
     network, meta = load_checkpoint(source)
     small = build_network(network.arch, num_classes=network.num_classes,
-                          head_space=heads or [h.id for h in network.head_space],
-                          positions=positions or [p.name for p in network.positions])
+                          head_space=heads, positions=[p.name for p in network.positions])
     state = network.state_dict()
     missing = [k for k in small.state_dict() if k not in state]
     if missing:
@@ -147,6 +148,7 @@ def _search(a: argparse.Namespace, select: str, check: str, *, drop: float | Non
     constraints = (Constraints() if drop is None
                    else Constraints(target="speed", max_drop_pp=drop))
     request = SearchRequest(device=a.device, max_exits=a.max_exits, calibration=select,
+                            positions=None if a.positions is None else tuple(split_list(a.positions) or ()),
                             check_on=check, constraints=constraints,
                             bootstrap=BootstrapSettings(resamples=a.resamples, level=a.level),
                             confidence=None if drop is None else a.confidence)
@@ -216,12 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--level", type=float, default=0.9, help="central probability of intervals")
     p.add_argument("--heads", default=None, help="keep only these head ids (comma-separated)")
-    p.add_argument("--positions", default=None, help="keep only these positions")
+    p.add_argument("--positions", default=None, help="search only these positions")
     p.add_argument("--json-out", default=None)
     a = p.parse_args(argv)
     print(f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
     checkpoint = reduce_checkpoint(a.checkpoint, Path(a.db).with_suffix(".reduced.pt"),
-                                   heads=split_list(a.heads), positions=split_list(a.positions))
+                                   heads=split_list(a.heads))
     if not a.skip_profile:
         _profile(a, checkpoint, "val")
     derive_halves(a, ["val[::2]", "val[1::2]", "val[0:50]", "val[50:]"])
