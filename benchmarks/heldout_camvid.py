@@ -148,7 +148,8 @@ def _search(a: argparse.Namespace, select: str, check: str, *, drop: float | Non
     constraints = (Constraints() if drop is None
                    else Constraints(target="speed", max_drop_pp=drop))
     request = SearchRequest(device=a.device, max_exits=a.max_exits, calibration=select,
-                            positions=None if a.positions is None else tuple(split_list(a.positions) or ()),
+                            positions=None if a.positions is None
+                            else tuple(split_list(a.positions) or ()),
                             check_on=check, constraints=constraints,
                             bootstrap=BootstrapSettings(resamples=a.resamples, level=a.level),
                             confidence=None if drop is None else a.confidence)
@@ -266,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"    {r['select']} -> {r['check']}, D={r['drop']:g}: " + "; ".join(cells))
     print(f"\nload average at end: {os.getloadavg()[0]:.1f}", flush=True)
     if a.json_out:
-        Path(a.json_out).write_text(json.dumps({"coverage": cover, "coverage_sqrt2": wide, "picks": rows}, indent=1))
+        Path(a.json_out).write_text(json.dumps(
+            {"coverage": cover, "coverage_sqrt2": wide, "picks": rows}, indent=1))
 
 
 if __name__ == "__main__":
