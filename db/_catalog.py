@@ -195,7 +195,8 @@ def get_calibration_set(s: Session, calibration_set_id: int) -> CalibrationSetRe
 
 def list_calibration_sets(s: Session) -> list[CalibrationSetRecord]:
     """Every stored calibration set, by id."""
-    return [_calibration_record(r) for r in s.scalars(select(CalibrationSet).order_by(CalibrationSet.id))]
+    rows = s.scalars(select(CalibrationSet).order_by(CalibrationSet.id))
+    return [_calibration_record(r) for r in rows]
 
 
 # ----------------------------------------------------------------------------- devices

@@ -341,7 +341,8 @@ def _store_checks(s: Session, run: SearchRunRecord, held: HeldOut) -> None:
             s, run_id=run.id, candidate_index=check.candidate, device_id=run.device_id,
             dataset=calib.dataset, split=calib.split, predicted=check.predicted,
             measured={**check.observed, "source": "stored profile",
-                      "check_set": {"calibration_set": calib.id, "accuracy_profile": held.profile_id,
+                      "check_set": {"calibration_set": calib.id,
+                                    "accuracy_profile": held.profile_id,
                                     "images": calib.num_samples,
                                     "shared_images": held.shared_images},
                       "moved_exits": check.moved, "broken": check.broken})

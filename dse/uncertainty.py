@@ -84,7 +84,8 @@ class Replicates:
 
     Attributes:
         miou: mIoU in [0, 1]; drop_pp: baseline mIoU minus this, in points, same resample.
-        latency_ms: mean latency; gflops: mean GFLOPs; exit_rates: exit id -> share of the resample's images.
+        latency_ms: mean latency; gflops: mean GFLOPs; exit_rates: exit id -> share of the
+        resample's images.
     """
 
     miou: np.ndarray

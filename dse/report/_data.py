@@ -131,17 +131,21 @@ def interval_lines(iv: dict) -> list[str]:  # type: ignore[type-arg]
     bounds, confidence = iv.get("bounds"), iv.get("confidence")
     if bounds and confidence:
         lines.append(f"at confidence {confidence:g}: drop ≤ {bounds['drop_pp_high']:.2f} pp, "
-                     f"mIoU ≥ {pct(bounds['miou_low'])}, latency ≤ {ms(bounds['latency_ms_high'])}")
+                     f"mIoU ≥ {pct(bounds['miou_low'])}, "
+                     f"latency ≤ {ms(bounds['latency_ms_high'])}")
     return lines
 
 
 def _point(run: SearchRunRecord, cand: CandidateRecord) -> PointData:
     iv = cand.intervals or {}
+
+    def pair(key: str) -> tuple[float, float] | None:
+        return (float(iv[key][0]), float(iv[key][1])) if key in iv else None
+
     return PointData(
         candidate=cand.index, latency_ms=cand.latency_ms, latency_p95_ms=cand.latency_p95_ms,
         miou=cand.miou, gflops=cand.gflops, hover=candidate_hover(run, cand),
-        miou_interval=tuple(iv["miou"]) if "miou" in iv else None,  # type: ignore[arg-type]
-        latency_interval=tuple(iv["latency_ms"]) if "latency_ms" in iv else None,  # type: ignore[arg-type]
+        miou_interval=pair("miou"), latency_interval=pair("latency_ms"),
     )
 
 

@@ -58,11 +58,12 @@ def _error_bars(points: tuple[PointData, ...], color: str) -> dict[str, object]:
     if not any(p.miou_interval for p in points):
         return {}
 
-    def bars(values: list[float], intervals: list[tuple[float, float] | None]) -> dict:  # type: ignore[type-arg]
+    def bars(values: list[float],
+             intervals: list[tuple[float, float] | None]) -> dict[str, object]:
+        pairs = list(zip(values, intervals, strict=True))
         return dict(type="data", symmetric=False, color=color, thickness=1, width=3,
-                    array=[iv[1] - v if iv else 0.0 for v, iv in zip(values, intervals, strict=True)],
-                    arrayminus=[v - iv[0] if iv else 0.0
-                                for v, iv in zip(values, intervals, strict=True)])
+                    array=[iv[1] - v if iv else 0.0 for v, iv in pairs],
+                    arrayminus=[v - iv[0] if iv else 0.0 for v, iv in pairs])
 
     return dict(error_y=bars([p.miou for p in points], [p.miou_interval for p in points]),
                 error_x=bars([p.latency_ms for p in points],

@@ -109,7 +109,7 @@ def test_robust_pick_holds_its_constraint_at_the_bound(store, capsys) -> None:
                  "--confidence", "0.9"]) == 0
     out = capsys.readouterr().out
     assert "at confidence 0.9" in out
-    assert ("the robust pick changes mean latency" in out) or ("same candidate" in out) or ("no stored candidate" in out)
+    assert "the robust pick changes mean latency" in out
 
 
 def test_check_on_scores_the_front_on_the_other_set(store, capsys) -> None:
