@@ -144,6 +144,19 @@ def verification_table(verifications: Sequence[VerificationRecord]) -> str:
                 diff,
                 (esc(v.created.isoformat(timespec="seconds")), v.created.isoformat()),
             ])
+        if v.measured.get("source"):  # a held-out check: what moved, what no longer holds
+            flags = [f"{e} moved {float(d):+.0f} points"
+                     for e, d in (v.measured.get("moved_exits") or {}).items()]
+            flags += [str(b) for b in v.measured.get("broken") or []]
+            text = "; ".join(flags) or "none (no exit rate moved > 5 points, constraints hold)"
+            rows.append([
+                (str(v.candidate_index), str(v.candidate_index)),
+                (esc(v.device_name), v.device_name),
+                (f"{esc(v.dataset)} / {esc(v.split)} (held-out, stored profile)",
+                 f"{v.dataset}/{v.split}"),
+                ("flags", "flags"), NA, (esc(text), text), NA,
+                (esc(v.created.isoformat(timespec="seconds")), v.created.isoformat()),
+            ])
     return _table(["candidate", "device", "data", "quantity", "predicted", "measured",
                    "measured − predicted", "when"], rows, css="verify")
 

@@ -65,3 +65,4 @@ def test_html_shows_interval_columns_and_marks_held_out_rows() -> None:
                                                   verifications=(_held_out(),)),)))
     assert "mIoU interval" in html and "58.00 %–61.00 % (90 %)" in html
     assert "val[1::2] (held-out, stored profile)" in html
+    assert "moved -30 points" in html and "drop 4.50 pp &gt; 1 pp" in html
