@@ -18,8 +18,8 @@ the point estimates and the robust pick on the bootstrap bound). It prints
   pick costs in latency.
 
 Accuracy profiling is the costly part on a CPU, and the four sets are two cuts of the same 101
-images, so `val` is profiled once (`dse profile`, a subprocess as in the paper-table benchmark,
-with the latency profile) and each half is stored as its own calibration set (its own content
+images, so `val` is profiled once (`profiling.run.run_profile`, what `dse profile` calls, with the
+latency profile) and each half is stored as its own calibration set (its own content
 hash, from `training.data.dataset_content_hash`) with the per-image rows of its images copied
 from the `val` profile: per-image counts do not depend on which other images are profiled, so
 this is what `dse profile --split HALF` would store, without running the network again.
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -53,15 +52,13 @@ PAIRS = (("i.i.d. (interleaved halves)", "val[::2]", "val[1::2]"),
 
 
 def _profile(a: argparse.Namespace, checkpoint: str, split: str) -> None:
-    args = [sys.executable, "-m", "dse", "profile", "--checkpoint", checkpoint,
-            "--device", a.device, "--data", "camvid", "--data-root", a.data_root,
-            "--split", split, "--db", a.db, "--threads", str(a.threads), "--json",
-            "--repeat", str(a.repeat)]
+    from profiling.run import ProfileRequest, run_profile
+    from profiling.timing import TimingSettings
+
     started = time.perf_counter()
-    done = subprocess.run(args, capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    if done.returncode != 0:
-        raise SystemExit(f"dse profile --split {split} failed: {done.stderr.strip()}")
+    run_profile(a.db, ProfileRequest(
+        checkpoint=Path(checkpoint), device=a.device, data="camvid", data_root=a.data_root,
+        split=split, threads=a.threads, timing=TimingSettings(repeat=a.repeat)))
     print(f"  profiled {split} (accuracy + latency) in {time.perf_counter() - started:.0f} s",
           file=sys.stderr, flush=True)
 
