@@ -329,7 +329,8 @@ def run_search(engine: Engine, url: str, request: SearchRequest,
             stored = repo.list_candidates(s, run.id)
     except ValueError as exc:
         raise StorageError(f"could not store the search run: {exc}") from exc
-    return StoredRun(run=run, candidates=stored, chosen=chosen, trust=trust, plain=plain, robust=robust,
+    return StoredRun(run=run, candidates=stored, chosen=chosen, trust=trust, plain=plain,
+                     robust=robust,
                      held_out=held_out, num_images=ev.data.num_samples)
 
 
