@@ -58,7 +58,8 @@ def _profile(a: argparse.Namespace, checkpoint: str, split: str) -> None:
     started = time.perf_counter()
     run_profile(a.db, ProfileRequest(
         checkpoint=Path(checkpoint), device=a.device, data="camvid", data_root=a.data_root,
-        split=split, threads=a.threads, timing=TimingSettings(repeat=a.repeat)))
+        split=split, threads=a.threads, timing=TimingSettings(repeat=a.repeat),
+        keep_noisy=True))  # a shared machine fails the spread checks; the rows say so
     print(f"  profiled {split} (accuracy + latency) in {time.perf_counter() - started:.0f} s",
           file=sys.stderr, flush=True)
 
