@@ -33,7 +33,7 @@ def test_check_on_equals_what_verify_measures_on_that_split(tmp_path, capsys) ->
     save_checkpoint(ckpt, network, meta={"input_size": [32, 32], "dataset": "synthetic"})
     db = f"sqlite:///{tmp_path / 'store.db'}"
     common = ["--checkpoint", str(ckpt), "--device", "box", "--data", "synthetic", "--db", db,
-              "--repeat", "2", "--warmup", "0", "--threads", "1", "--json"]
+              "--repeat", "2", "--warmup", "0", "--threads", "1", "--keep-noisy", "--json"]
     assert _run(capsys, "profile", *common, "--split", SELECT)[0] == 0
     assert _run(capsys, "profile", *common, "--split", CHECK, "--no-latency")[0] == 0
     code, out, err = _run(capsys, "pareto", "--device", "box", "--db", db, "--calibration",
