@@ -108,13 +108,21 @@ def list_search_runs(
     return [_run_record(s, r) for r in s.scalars(stmt.order_by(SearchRun.id))]
 
 
-def _candidate_record(row: Candidate) -> CandidateRecord:
+def _intervals(s: Session, run_id: int) -> dict[str, Any]:
+    """Bootstrap intervals of a run's candidates, kept in its constraints by candidate index
+    (no schema change: they describe the run's predictions, like its resolved bounds)."""
+    run = s.get(SearchRun, run_id)
+    found = (run.constraints or {}).get("intervals") if run is not None else None
+    return found if isinstance(found, dict) else {}
+
+
+def _candidate_record(row: Candidate, intervals: dict[str, Any] | None = None) -> CandidateRecord:
     return CandidateRecord(
         run_id=row.run_id, index=row.index, front=row.front, exits=list(row.exits),
         th_pix=list(row.th_pix), th_img=row.th_img, miou=row.miou, latency_ms=row.latency_ms,
         latency_p95_ms=row.latency_p95_ms, gflops=row.gflops, exit_rates=dict(row.exit_rates),
         feasible=row.feasible, anytime_ms=list(row.anytime_ms) if row.anytime_ms is not None else None,
-        intervals=dict(row.intervals) if row.intervals is not None else None,
+        intervals=(intervals or {}).get(str(row.index)),
     )
 
 
@@ -138,8 +146,6 @@ def add_candidates(s: Session, run_id: int, candidates: Sequence[CandidateInput]
                 th_pix=list(c.th_pix), th_img=c.th_img, miou=c.miou, latency_ms=c.latency_ms,
                 latency_p95_ms=c.latency_p95_ms, gflops=c.gflops, exit_rates=dict(c.exit_rates),
                 feasible=bool(c.feasible), anytime_ms=c.anytime_ms,
-                intervals=None if c.intervals is None
-                else plain_json(dict(c.intervals), field="intervals"),
             )
         )
     s.flush()
@@ -152,7 +158,8 @@ def list_candidates(s: Session, run_id: int, *, front: int | None = None) -> lis
     stmt = select(Candidate).where(Candidate.run_id == run_id)
     if front is not None:
         stmt = stmt.where(Candidate.front == front)
-    return [_candidate_record(r) for r in s.scalars(stmt.order_by(Candidate.index))]
+    found = _intervals(s, run_id)
+    return [_candidate_record(r, found) for r in s.scalars(stmt.order_by(Candidate.index))]
 
 
 def get_candidate(s: Session, run_id: int, index: int) -> CandidateRecord:
@@ -165,7 +172,7 @@ def get_candidate(s: Session, run_id: int, index: int) -> CandidateRecord:
         raise StorageError(
             f"search run {run_id} has no candidate {index} (it has {count}, numbered from 0)"
         )
-    return _candidate_record(row)
+    return _candidate_record(row, _intervals(s, run_id))
 
 
 def _verification_record(s: Session, row: Verification) -> VerificationRecord:

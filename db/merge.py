@@ -245,8 +245,7 @@ class _Merger:
         run_names = ("method", "mode", "space", "constraints", "objectives", "baseline",
                      "input_shape", "duration_s", "n_evaluated", "created")
         cand_names = ("index", "front", "exits", "th_pix", "th_img", "miou", "latency_ms",
-                      "latency_p95_ms", "gflops", "exit_rates", "feasible", "anytime_ms",
-                      "intervals")
+                      "latency_p95_ms", "gflops", "exit_rates", "feasible", "anytime_ms")
         for r in self.src.scalars(select(SearchRun).order_by(SearchRun.id)):
             ours = self.dst.scalars(select(SearchRun).where(SearchRun.uid == r.uid)).first()
             if ours is not None:

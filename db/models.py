@@ -246,9 +246,6 @@ class Candidate(Base):
     exit_rates: Mapped[dict[str, Any]]
     feasible: Mapped[bool] = mapped_column(Boolean)
     anytime_ms: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
-    # bootstrap intervals of the prediction (dse.uncertainty.Intervals.to_dict()); None when
-    # not computed (later fronts, --bootstrap 0, runs stored before revision 0006)
-    intervals: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Verification(Base):

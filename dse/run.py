@@ -306,6 +306,8 @@ def run_search(engine: Engine, url: str, request: SearchRequest,
                 constraints["plain_candidate"] = plain
     if chosen is not None:
         constraints["chosen_candidate"] = chosen
+    if intervals:  # stored with the run, by candidate index (CandidateRecord.intervals)
+        constraints["intervals"] = {str(i): iv.to_dict() for i, iv in sorted(intervals.items())}
     checked = sorted(set(front1) | ({chosen} if chosen is not None else set()))
     held_out = _check_front(problem, held, evaluations, checked, request, bounds) if held else None
     if held_out is not None:
