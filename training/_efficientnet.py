@@ -38,9 +38,11 @@ class MBConv(nn.Module):
         super().__init__()
         mid = cin * expand
         self.expand = expand != 1
-        if self.expand:
-            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
-            self._bn0 = _bn(mid)
+        # Without expansion the weights file has no `_expand_conv`/`_bn0`: identities keep the
+        # state dict equal to it and give every block the same attributes, which TorchScript
+        # needs (it compiles both branches of the `if` in forward).
+        self._expand_conv: nn.Module = nn.Conv2d(cin, mid, 1, bias=False) if self.expand else nn.Identity()
+        self._bn0: nn.Module = _bn(mid) if self.expand else nn.Identity()
         pad = dilation * (kernel - 1) // 2
         self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, pad, dilation=dilation, groups=mid, bias=False)
         self._bn1 = _bn(mid)
