@@ -8,7 +8,9 @@ than the baseline and picks the most accurate; `--target speed` keeps those with
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from dse.errors import DseError
 from dse.evaluate import Evaluation
@@ -76,6 +78,52 @@ class Constraints:
                 "min_miou": self.min_miou, "max_gflops": self.max_gflops, "target": self.target}
 
 
+_GIVEN = {"max_latency_ms": "latency <= {:g} ms", "max_drop_pp": "mIoU drop <= {:g} pp",
+          "min_miou": "mIoU >= {:.2%}", "max_gflops": "GFLOPs <= {:g}"}
+
+
+def describe(stored: Mapping[str, Any], *, resolved: bool = False) -> str:
+    """A stored run's constraints as a user writes them, without internal keys.
+
+    `mIoU drop <= 1 pp, target speed` (`none` when nothing was asked); with `resolved`, the
+    bounds the search used follow: `(bounds used: mIoU >= 73.51%)`.
+    """
+    parts = [phrase.format(stored[key]) for key, phrase in _GIVEN.items()
+             if isinstance(stored.get(key), (int, float)) and not isinstance(stored[key], bool)]
+    if isinstance(stored.get("target"), str):
+        parts.append(f"target {stored['target']}")
+    text = ", ".join(parts) or "none"
+    bounds = stored.get("resolved")
+    if resolved and isinstance(bounds, Mapping) and bounds:
+        used = [_LABELS[k].format(v) for k, v in bounds.items() if k in _LABELS and v is not None]
+        if used:
+            text += f" (bounds used: {', '.join(used)})"
+    return text
+
+
+def parse_miou(text: str, *, option: str = "--min-miou") -> float:
+    """A user's mIoU bound as a fraction: `70`, `70%` and `70.5 %` are percent, `0.7` a fraction.
+
+    Users read mIoU in percent (tables, reports, the paper), the library works in [0, 1]. A
+    number above 1 can only be a percentage and one below 1 only a fraction (nobody asks for
+    0.7 % mIoU); a bare `1` could be either and is refused with both spellings.
+    """
+    raw = text.strip()
+    percent = raw.endswith("%")
+    try:
+        value = float(raw.rstrip("%").strip())
+    except ValueError as exc:
+        raise DseError(f"{option} takes a mIoU such as 70% (or the fraction 0.7), "
+                       f"got {text!r}") from exc
+    if not math.isfinite(value) or not 0 <= value <= 100:
+        raise DseError(f"{option} must lie in [0, 100] %, got {text!r}")
+    if percent or value > 1:
+        return value / 100.0
+    if value == 1:
+        raise DseError(f"{option} 1 is ambiguous: write 1% or 100%")
+    return value
+
+
 def pick(target: str | None, evaluations: list[Evaluation], fronts: list[int]) -> int | None:
     """Index of the candidate a target recommends (None without a target)."""
     if target is None or not evaluations:
@@ -86,7 +134,7 @@ def pick(target: str | None, evaluations: list[Evaluation], fronts: list[int]) -
     return min(best, key=lambda i: (evaluations[i].latency_ms, -evaluations[i].miou))
 
 
-_LABELS = {"min_miou": "mIoU >= {:.4f}", "max_latency_ms": "latency <= {:.3f} ms",
+_LABELS = {"min_miou": "mIoU >= {:.2%}", "max_latency_ms": "latency <= {:.3f} ms",
            "max_gflops": "GFLOPs <= {:.3f}"}
 
 
@@ -103,5 +151,5 @@ def explain_empty(bounds: Bounds, n_evaluated: int, n_satisfying: dict[str, int]
     near = ""
     if closest is not None:
         near = (f"; closest: {'+'.join(closest.config.exits) or 'final only'} with mIoU "
-                f"{closest.miou:.4f}, {closest.latency_ms:.3f} ms, {closest.gflops:.3f} GFLOPs")
+                f"{closest.miou:.2%}, {closest.latency_ms:.3f} ms, {closest.gflops:.3f} GFLOPs")
     return NoFeasibleError(f"{why} (of {n_evaluated} evaluated){near}; relax that constraint")

@@ -2,9 +2,10 @@
 
 Each trial picks up to `max_exits` slots (an exit id or "none"); slots at the same position keep
 the first, then exits are ordered by position. Constraints go through
-`trial.set_constraint` (values <= 0 are feasible). The study lives in the store's database URL, so
-`dse pareto --method optuna --study NAME` started on several machines joins one study; the
-candidates are then ranked from every finished trial of the study.
+`trial.set_constraint` (values <= 0 are feasible). A named study lives in the store's database
+URL, so `dse pareto --method optuna --study NAME` started on several machines joins one study;
+the candidates are then ranked from every finished trial of the study. Without `--study` the
+study stays in memory: the search run and its candidates are what the store keeps.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ class OptunaSearcher:
     """NSGA-II (or TPE) over the same space as the exhaustive engine.
 
     Args:
-        storage_url: SQLAlchemy URL of the store (None: in memory).
-        study_name: join or create this study (needs storage_url to be shared).
+        storage_url: SQLAlchemy URL of the store, where a named study lives.
+        study_name: join or create this study in storage_url; without a name the study stays
+            in memory (nobody could join an anonymous study, so storing one is only litter).
         n_trials / timeout_s: this process's budget (Optuna stops at whichever comes first).
         seed: sampler seed (reproducible when one process runs the study).
         sampler: "nsga2" or "tpe".
@@ -53,6 +55,16 @@ class OptunaSearcher:
         if space.mode != "cascade":
             raise DseError("the optuna method searches cascade configurations; use "
                            "--method exhaustive for budgeted and anytime modes")
+        previous = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(logging.WARNING)  # its INFO lines are not ours to print
+        try:
+            return self._search(ev, space, objectives=objectives, bounds=bounds,
+                                progress=progress)
+        finally:
+            optuna.logging.set_verbosity(previous)
+
+    def _search(self, ev: Evaluator, space: SearchSpace, *, objectives: list[str],
+                bounds: Bounds, progress: Progress | None) -> SearchResult:
         study = self._study(objectives, bounds)
 
         def objective(trial: optuna.Trial) -> tuple[float, ...]:
@@ -67,7 +79,6 @@ class OptunaSearcher:
             def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
                 progress(trial.number + 1, self.n_trials)
             callbacks.append(report)
-        optuna.logging.set_verbosity(logging.WARNING)
         study.optimize(objective, n_trials=self.n_trials, timeout=self.timeout_s,
                        callbacks=callbacks)
         evaluations = [ev.evaluate(config_of(t.params, ev, space))
@@ -92,7 +103,8 @@ class OptunaSearcher:
             sampler = optuna.samplers.TPESampler(seed=self.seed)
         directions: list[Any] = [_DIRECTIONS[n] for n in objectives]
         try:
-            study = optuna.create_study(storage=self.storage_url, study_name=self.study_name,
+            storage = self.storage_url if self.study_name is not None else None
+            study = optuna.create_study(storage=storage, study_name=self.study_name,
                                         sampler=sampler, directions=directions,
                                         load_if_exists=self.study_name is not None)
         except (ValueError, optuna.exceptions.OptunaError) as exc:

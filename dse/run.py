@@ -351,6 +351,40 @@ def _store_checks(s: Session, run: SearchRunRecord, held: HeldOut) -> None:
                       "moved_exits": check.moved, "broken": check.broken})
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunSummary:
+    """One stored search run as `dse runs` lists it."""
+
+    run: SearchRunRecord
+    candidates: int
+    front_one: int
+    chosen: CandidateRecord | None  # the candidate `--target` picked, if any
+
+
+def list_runs(s: Session, *, model: str | None = None,
+              device: str | None = None) -> list[RunSummary]:
+    """Every stored search run (oldest first), optionally of one model (id or name) or device.
+
+    Raises:
+        StorageError: an unknown model or device, named with the close matches.
+    """
+    model_id = None
+    if model is not None:
+        model_id = repo.get_model(s, int(model) if model.isdigit() else model).id
+    if device is not None:
+        device = repo.get_device(s, device).name  # explains an unknown name
+    out = []
+    for run in repo.list_search_runs(s, model_id=model_id):
+        if device is not None and run.device_name != device:
+            continue
+        candidates = repo.list_candidates(s, run.id)
+        index = run.constraints.get("chosen_candidate")
+        chosen = next((c for c in candidates if c.index == index), None)
+        out.append(RunSummary(run=run, candidates=len(candidates),
+                              front_one=sum(c.front == 1 for c in candidates), chosen=chosen))
+    return out
+
+
 def _baseline(e: Evaluation) -> dict[str, float]:
     return {"miou": e.miou, "latency_ms": e.latency_ms, "latency_p95_ms": e.latency_p95_ms,
             "gflops": e.gflops}

@@ -9,6 +9,7 @@ from dse.cli import (
     _probe,  # noqa: F401
     _profile,  # noqa: F401
     _report,  # noqa: F401
+    _runs,  # noqa: F401
     _train,  # noqa: F401
 )
 from dse.cli._app import app, main, run

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
 from typer._click import ClickException  # typer vendors click; no separate package
 
 from db.errors import StorageError
@@ -34,6 +36,15 @@ JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per li
 ComputeOption = Annotated[
     str, typer.Option("--compute", help="Torch device to compute on: cpu or cuda[:N].")
 ]
+
+
+def fits(table: Table) -> bool:
+    """Whether a table shows at the console's width without cutting a cell short.
+
+    Pipes and CI logs get 80 columns; commands print a stacked layout when this is False.
+    """
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    return natural <= console.width
 
 
 def parse_input_size(text: str, *, minimum: int = 1, square_ok: bool = False) -> tuple[int, int]:

@@ -9,8 +9,9 @@ import typer
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
-from dse.cli._app import DEFAULT_DB, DbOption, JsonOption, app, console, err_console
+from dse.cli._app import DEFAULT_DB, DbOption, JsonOption, app, console, err_console, fits
 from dse.errors import DseError
 
 
@@ -41,13 +42,13 @@ def pareto_command(
     th_img: Annotated[str | None, typer.Option("--th-img", help="Image thresholds, comma-separated.")] = None,
     per_exit_thresholds: Annotated[bool, typer.Option("--per-exit-thresholds", help="One th_pix per exit (optuna).")] = False,
     max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms")] = None,
-    max_drop_pp: Annotated[float | None, typer.Option("--max-drop-pp", help="Max mIoU drop vs the final exit alone, in points.")] = None,
-    min_miou: Annotated[float | None, typer.Option("--min-miou", help="Minimum mIoU in [0, 1].")] = None,
+    max_drop_pp: Annotated[float | None, typer.Option("--max-drop-pp", metavar="POINTS", help="Max mIoU drop vs the final exit alone, in percentage points (1 = 74.5% -> 73.5%).")] = None,
+    min_miou: Annotated[str | None, typer.Option("--min-miou", metavar="PERCENT", help="Minimum mIoU in percent: 70 or 70% (a fraction such as 0.7 also works).")] = None,
     max_gflops: Annotated[float | None, typer.Option("--max-gflops")] = None,
     target: Annotated[str | None, typer.Option("--target", help="accuracy (max mIoU at <= baseline cost) | speed (min latency within --max-drop-pp, default 0.1)")] = None,
     fronts: Annotated[int, typer.Option("--fronts", help="Fronts to keep and store.")] = 3,
     workers: Annotated[int, typer.Option("--workers", help="joblib workers (exhaustive).")] = 1,
-    study: Annotated[str | None, typer.Option("--study", help="Optuna study name to create or join.")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Optuna study to create or join in the --db database (several machines can share one); without it the study stays in memory.")] = None,
     trials: Annotated[int, typer.Option("--trials", help="Optuna trials in this process.")] = 500,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     calibration: Annotated[str | None, typer.Option("--calibration", help="Calibration set to select on: id or split, e.g. 'val[::2]' (default: the newest profiled).")] = None,
@@ -63,7 +64,7 @@ def pareto_command(
     """Search the exit configurations of a profiled model for one device; print the front."""
     from db import open_store
     from db.session import parse_url
-    from dse.constraints import Constraints
+    from dse.constraints import Constraints, parse_miou
     from dse.run import SearchRequest, run_search
     from dse.uncertainty import BootstrapSettings, check_probability
 
@@ -82,7 +83,8 @@ def pareto_command(
             th_pix=_floats(th_pix, "--th-pix"), th_img=_floats(th_img, "--th-img"), mode=mode,
             per_exit_thresholds=per_exit_thresholds,
             constraints=Constraints(max_latency_ms=max_latency_ms, max_drop_pp=max_drop_pp,
-                                    min_miou=min_miou, max_gflops=max_gflops, target=target),
+                                    min_miou=None if min_miou is None else parse_miou(min_miou),
+                                    max_gflops=max_gflops, target=target),
             n_jobs=workers, max_front=fronts, study=study, trials=trials, seed=seed,
             calibration=calibration, check_on=check_on, bootstrap=settings,
             confidence=confidence)
@@ -122,7 +124,7 @@ def _interval_cell(iv: dict | None, exits: list[str]) -> str:  # type: ignore[ty
     rates = " ".join(
         f"{100 * lo:.0f}-{100 * hi:.0f}%" for lo, hi in (iv["exit_rates"].get(e, (0, 0))
                                                          for e in exits))
-    return (f"mIoU {m[0]:.4f}-{m[1]:.4f}\ndrop {d[0]:+.2f}..{d[1]:+.2f} pp\n"
+    return (f"mIoU {100 * m[0]:.2f}-{100 * m[1]:.2f}%\ndrop {d[0]:+.2f}..{d[1]:+.2f} pp\n"
             f"ms {lat[0]:.3f}-{lat[1]:.3f}\nrates {rates}")
 
 
@@ -158,30 +160,21 @@ def print_run(stored, json_output: bool) -> None:  # type: ignore[no-untyped-def
     base = run.baseline
     console.print(f"run {run.id}: {run.model_name} on {run.device_name}, {run.method} "
                   f"({run.mode}), {run.n_evaluated:,} configurations in {run.duration_s:.2f} s; "
-                  f"baseline (final exit only): mIoU {base['miou']:.4f}, "
-                  f"{base['latency_ms']:.3f} ms, {base['gflops']:.3f} GFLOPs", markup=False)
+                  f"baseline (final exit only): mIoU {base['miou']:.2%}, "
+                  f"{base['latency_ms']:.3f} ms, {base['gflops']:.3f} GFLOPs",
+                  markup=False, highlight=False, soft_wrap=True)
     boot = run.constraints.get("bootstrap")
-    columns = ["#", "front", "exits", "th_pix", "th_img", "mIoU", "ms", "p95 ms", "GFLOPs",
-               "exit rates"]
-    if boot:
-        columns.append(f"{100 * boot['level']:g}% interval")
-    table = Table(*columns, title="front 1 (non-dominated)")
-    for c in stored.candidates:
-        if c.front != 1:
-            continue
-        mark = " *" if c.index == stored.chosen else ""
-        mark += " p" if stored.robust is not None and c.index == stored.plain else ""
-        row = [f"{c.index}{mark}", str(c.front), "\n".join(c.exits),
-               ",".join(f"{t:g}" for t in c.th_pix), f"{c.th_img:g}", f"{c.miou:.4f}",
-               f"{c.latency_ms:.3f}", f"{c.latency_p95_ms:.3f}", f"{c.gflops:.3f}",
-               " ".join(f"{c.exit_rates.get(e, 0.0):.0%}" for e in c.exits)]
-        if boot:
-            row.append(_interval_cell(c.intervals, c.exits))
-        table.add_row(*(escape(v) for v in row))
-    console.print(table)
+    front = [c for c in stored.candidates if c.front == 1]
+    plain = stored.plain if stored.robust is not None else None
+    table = _front_table(front, stored.chosen, plain, boot)
+    if fits(table):
+        console.print(table)
+    else:  # a pipe or a narrow terminal: one block per candidate, nothing cut short
+        _print_stacked(front, stored.chosen, plain, boot)
     later = sum(c.front > 1 for c in stored.candidates)
     console.print(f"{later} more candidates on fronts 2..{max(c.front for c in stored.candidates)} "
-                  f"stored; `dse report --runs {run.id} --out FILE` plots them")
+                  f"stored; `dse report --runs {run.id} --out FILE` plots them",
+                  markup=False, highlight=False, soft_wrap=True)
     if boot:
         console.print(f"intervals: {boot['resamples']} bootstrap resamples of the "
                       f"{stored.num_images} calibration images (seed {boot['seed']}), exact "
@@ -191,9 +184,55 @@ def print_run(stored, json_output: bool) -> None:  # type: ignore[no-untyped-def
         _print_robust(stored)
     elif stored.chosen is not None:
         console.print(f"* chosen for --target {run.constraints.get('target')}: "
-                      f"candidate {stored.chosen}")
+                      f"candidate {stored.chosen}", markup=False, highlight=False)
     if stored.held_out is not None:
         _print_checks(stored)
+
+
+def _mark(c, chosen: int | None, plain: int | None) -> str:  # type: ignore[no-untyped-def]
+    """`*` the candidate --target chose, `p` the plain pick a robust selection replaced."""
+    return (" *" if c.index == chosen else "") + (" p" if c.index == plain else "")
+
+
+def _front_table(front, chosen: int | None, plain: int | None,  # type: ignore[no-untyped-def]
+                 boot: dict | None) -> Table:  # type: ignore[type-arg]
+    columns = ["#", "exits", "th_pix", "th_img", "mIoU %", "ms", "p95 ms", "GFLOPs",
+               "exit rates"]
+    if boot:
+        columns.append(f"{100 * boot['level']:g}% interval")
+    table = Table(*columns, title="front 1 (non-dominated)")
+    for c in front:
+        row = [f"{c.index}{_mark(c, chosen, plain)}", "\n".join(c.exits),
+               ",".join(f"{t:g}" for t in c.th_pix), f"{c.th_img:g}", f"{100 * c.miou:.2f}",
+               f"{c.latency_ms:.3f}", f"{c.latency_p95_ms:.3f}", f"{c.gflops:.3f}",
+               "\n".join(f"{c.exit_rates.get(e, 0.0):.0%}" for e in c.exits)]
+        if boot:
+            row.append(_interval_cell(c.intervals, c.exits))
+        table.add_row(*(Text(v) for v in row))
+    return table
+
+
+def _print_stacked(front, chosen: int | None, plain: int | None,  # type: ignore[no-untyped-def]
+                   boot: dict | None) -> None:  # type: ignore[type-arg]
+    """Front 1 as blocks: a line of numbers per candidate, then one line per exit it keeps."""
+    console.print("front 1 (non-dominated): candidate, mIoU, mean (p95) latency, GFLOPs; "
+                  "then each exit with its th_pix and the share of images that leave there",
+                  markup=False, highlight=False, soft_wrap=True)
+    for c in front:
+        th_img = f", th_img {c.th_img:g}" if c.th_pix else ""
+        lines = [f"#{c.index}{_mark(c, chosen, plain)}  mIoU {c.miou:.2%}  "
+                 f"{c.latency_ms:.3f} ms (p95 {c.latency_p95_ms:.3f})  {c.gflops:.3f} GFLOPs"
+                 f"{th_img}"]
+        th = [f"th_pix {t:g}" for t in c.th_pix] + [""] * (len(c.exits) - len(c.th_pix))
+        names = max(len(e) for e in c.exits)
+        ths = max(len(t) for t in th)
+        lines += [f"    {e:<{names}}  {t:<{ths}}  {c.exit_rates.get(e, 0.0):>4.0%}"
+                  for e, t in zip(c.exits, th, strict=True)]
+        if boot and c.intervals:
+            lines.append(f"    {100 * boot['level']:g}% interval: "
+                         + _interval_cell(c.intervals, c.exits).replace("\n", ", "))
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_robust(stored) -> None:  # type: ignore[no-untyped-def]
@@ -236,7 +275,7 @@ def _print_checks(stored) -> None:  # type: ignore[no-untyped-def]
     by_index = {c.index: c for c in stored.candidates}
     title = (f"held-out check on {calib.dataset}/{calib.split} ({calib.num_samples} images, "
              f"{held.shared_images} also in the selection set), read from the store")
-    table = Table("#", "mIoU pred -> obs", "drop pp pred -> obs", "ms pred -> obs",
+    table = Table("#", "mIoU % pred -> obs", "drop pp pred -> obs", "ms pred -> obs",
                   "exit rates pred -> obs", "flags", title=escape(title))
     moved = broken = 0
     for k in held.checks:
@@ -247,12 +286,12 @@ def _print_checks(stored) -> None:  # type: ignore[no-untyped-def]
         broken += bool(k.broken)
         table.add_row(*(escape(v) for v in (
             f"{k.candidate}{' *' if k.candidate == stored.chosen else ''}",
-            f"{p['miou']:.4f} -> {o['miou']:.4f}", f"{p['drop_pp']:+.2f} -> {o['drop_pp']:+.2f}",
+            f"{100 * p['miou']:.2f} -> {100 * o['miou']:.2f}", f"{p['drop_pp']:+.2f} -> {o['drop_pp']:+.2f}",
             f"{p['latency_ms']:.3f} -> {o['latency_ms']:.3f}",
             f"{_rates(p['exit_rates'], exits)} -> {_rates(o['exit_rates'], exits)}",
             "\n".join(flags) or "ok")))
     console.print(table)
-    console.print(f"baseline on the check set: mIoU {held.baseline.miou:.4f}; "
+    console.print(f"baseline on the check set: mIoU {held.baseline.miou:.2%}; "
                   f"{moved} of {len(held.checks)} candidate(s) have an exit rate that moved more "
                   f"than 5 points, {broken} break a constraint they met on the selection set; "
                   "latency there is the device's component costs along the observed routes",

@@ -114,7 +114,7 @@ def test_table_and_target_speed(store, capsys) -> None:
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"device": "nowhere"}, "unknown device"),
-    ({"constraints": {"min_miou": 0.999}}, "no configuration meets mIoU >= 0.9990"),
+    ({"constraints": {"min_miou": 0.999}}, "no configuration meets mIoU >= 99.90%"),
     ({"max_exits": 9}, "above the 4 candidate positions"),
     ({"th_pix": (0.55,)}, "not a confidence-histogram edge"),
     ({"constraints": {"min_miou": 1.5}}, "min_miou must lie in [0, 1]"),
@@ -135,10 +135,13 @@ def test_bad_input_says_what_is_wrong_and_stores_nothing(store, kwargs, message)
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--min-miou", "0.999"], "error: no configuration meets mIoU >= 0.9990"),
+    (["--min-miou", "0.999"], "error: no configuration meets mIoU >= 99.90%"),
+    (["--min-miou", "99.9"], "error: no configuration meets mIoU >= 99.90%"),
+    (["--min-miou", "99.9%"], "error: no configuration meets mIoU >= 99.90%"),
     (["--th-pix", "0.55"], "error: th_pix 0.55 is not a confidence-histogram edge"),
     (["--th-pix", "abc"], "error: --th-pix takes comma-separated numbers"),
-    (["--min-miou", "2"], "error: min_miou must lie in [0, 1]"),
+    (["--min-miou", "150"], "error: --min-miou must lie in [0, 100] %"),
+    (["--min-miou", "1"], "error: --min-miou 1 is ambiguous"),
     (["--model", "nope"], "error: "),
 ])
 def test_cli_user_error_is_one_line_exit_2(store, capsys, args, message) -> None:
@@ -186,3 +189,74 @@ def test_report_is_written_for_the_stored_run(store, tmp_path, capsys) -> None:
     html = out.read_text()
     assert "<html" in html.lower() and "tiny" in html and "box" in html
     assert "report:" in capsys.readouterr().out
+
+
+def _front_one(url: str) -> list:
+    engine = open_store(url)
+    with session_scope(engine) as s:
+        run = repo.list_search_runs(s)[-1]
+        front = repo.list_candidates(s, run.id, front=1)
+    engine.dispose()
+    return front
+
+
+@pytest.mark.parametrize("width", [80, 40, 250])
+def test_front_reads_whole_at_any_width(store, capsys, monkeypatch, width: int) -> None:
+    """A pipe (80 columns) or a narrow terminal gets every exit id, threshold and number
+    uncut; a wide terminal gets the table."""
+    from dse.cli import _app
+
+    monkeypatch.setattr(_app.console, "width", width)
+    assert main(["pareto", "--device", "box", "--db", store[0], "--max-exits", "3",
+                 "--th-pix", "0.5,0.8", "--th-img", "0.4,0.7"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    front = _front_one(store[0])
+    assert len(front) > 3
+    if width == 250:
+        assert "┃ exits" in out and "mIoU %" in out
+        return
+    blocks = out.split("\n#")[1:]
+    assert len(blocks) == len(front)
+    for c, block in zip(front, blocks, strict=True):
+        head, *rest = block.splitlines()
+        exit_lines = [line for line in rest if line.startswith("    ")]  # then the footer
+        assert head.startswith(f"{c.index}  mIoU {100 * c.miou:.2f}%  {c.latency_ms:.3f} ms")
+        for exit_id, line in zip(c.exits, exit_lines, strict=True):
+            assert line.split()[0] == exit_id
+            assert line.split()[-1] == f"{c.exit_rates.get(exit_id, 0.0):.0%}"
+
+
+def test_mIoU_reads_in_percent_and_json_stays_a_fraction(store, capsys, monkeypatch) -> None:
+    from dse.cli import _app
+
+    url, ev = store
+    monkeypatch.setattr(_app.console, "width", 250)
+    assert main(["pareto", "--device", "box", "--db", url, "--min-miou", "30"]) == 0
+    out = capsys.readouterr().out
+    assert f"baseline (final exit only): mIoU {100 * ev.baseline().miou:.2f}%" in out
+    assert all(c.miou >= 0.30 for c in _front_one(url))
+    assert main(["pareto", "--device", "box", "--db", url, "--min-miou", "0.3", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(0.30 <= line["miou"] <= 1 for line in lines)  # DESIGN.md: miou in [0, 1]
+    engine = open_store(url)
+    with session_scope(engine) as s:
+        stored = [r.constraints["min_miou"] for r in repo.list_search_runs(s)]
+    engine.dispose()
+    assert stored == [pytest.approx(0.30), pytest.approx(0.30)]  # 30 and 0.3 mean the same
+
+
+def test_optuna_prints_no_log_line_and_keeps_no_anonymous_study(store, capfd) -> None:
+    import optuna
+
+    url, _ = store
+    assert main(["pareto", "--device", "box", "--db", url, "--method", "optuna",
+                 "--trials", "10"]) == 0
+    captured = capfd.readouterr()
+    assert "study" not in (captured.out + captured.err).lower()
+    assert optuna.get_all_study_summaries(storage=url) == []
+    assert _runs(url) == 1  # the search run itself is stored
+    assert main(["pareto", "--device", "box", "--db", url, "--method", "optuna",
+                 "--trials", "5", "--study", "named", "--json"]) == 0
+    assert "A new study created" not in capfd.readouterr().err
+    assert [st.study_name for st in optuna.get_all_study_summaries(storage=url)] == ["named"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from dse.constraints import Bounds, Constraints, explain_empty, pick
+from dse.constraints import Bounds, Constraints, describe, explain_empty, parse_miou, pick
+from dse.errors import DseError
 from dse.evaluate import Evaluator
 from dse.synthetic import random_accuracy, random_costs
 
@@ -40,7 +43,8 @@ def test_explain_empty_names_the_excluding_constraint(ev: Evaluator) -> None:
     base = ev.baseline()
     bounds = Bounds(min_miou=0.99, max_latency_ms=1.0)
     err = explain_empty(bounds, 10, {"min_miou": 0, "max_latency_ms": 3}, base)
-    assert "mIoU >= 0.9900" in str(err) and "closest: final only" in str(err)
+    assert "mIoU >= 99.00%" in str(err) and "closest: final only" in str(err)
+    assert f"mIoU {100 * base.miou:.2f}%" in str(err)  # percent, as the tables print it
     err = explain_empty(bounds, 10, {"min_miou": 2, "max_latency_ms": 3}, None)
     assert "together" in str(err)
 
@@ -53,3 +57,35 @@ def test_pick_follows_the_target(ev: Evaluator) -> None:
     assert evs[pick("accuracy", evs, fronts)].miou == max(e.miou for e in evs)
     assert evs[pick("speed", evs, fronts)].latency_ms == min(e.latency_ms for e in evs)
     assert pick(None, evs, fronts) is None
+
+
+@pytest.mark.parametrize(("text", "fraction"), [
+    ("70", 0.70), ("70%", 0.70), ("70.5 %", 0.705), ("0.7", 0.70), ("0.5%", 0.005),
+    ("100", 1.0), ("0", 0.0), ("1%", 0.01), ("100%", 1.0),
+])
+def test_miou_bounds_read_as_percent_or_fraction(text: str, fraction: float) -> None:
+    assert parse_miou(text) == pytest.approx(fraction)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1", "ambiguous: write 1% or 100%"),
+    ("150", "must lie in [0, 100] %"),
+    ("-3", "must lie in [0, 100] %"),
+    ("seventy", "takes a mIoU such as 70%"),
+    ("nan", "must lie in [0, 100] %"),
+])
+def test_miou_bounds_that_cannot_be_read_say_why(text: str, message: str) -> None:
+    with pytest.raises(DseError, match=re.escape(message)):
+        parse_miou(text)
+
+
+def test_stored_constraints_read_as_the_user_wrote_them() -> None:
+    stored = {"max_latency_ms": 20.0, "max_drop_pp": 1.0, "min_miou": 0.7, "max_gflops": None,
+              "target": "speed", "resolved": {"min_miou": 0.7351, "max_latency_ms": 20.0},
+              "chosen_candidate": 4}
+    assert describe(stored) == ("latency <= 20 ms, mIoU drop <= 1 pp, mIoU >= 70.00%, "
+                                "target speed")
+    assert describe(stored, resolved=True).endswith(
+        "(bounds used: mIoU >= 73.51%, latency <= 20.000 ms)")
+    assert "chosen" not in describe(stored, resolved=True)
+    assert describe({"chosen_candidate": 0, "resolved": {}}, resolved=True) == "none"
