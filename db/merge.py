@@ -99,11 +99,14 @@ class _Merger:
             self._conflict(table, f"{what} differs in {', '.join(differing)}")
 
     def models(self) -> None:
-        names = ("name", "arch", "architecture", "num_classes")
+        # The name is a display label (it defaults to the checkpoint's file name, which differs
+        # from machine to machine), not provenance: it is copied with a new model, never compared.
+        names = ("arch", "architecture", "num_classes")
         for m in self.src.scalars(select(Model).order_by(Model.id)):
             ours = self.dst.scalars(select(Model).where(Model.weights_sha256 == m.weights_sha256)).first()
             if ours is None:
                 ours = self._copy("dse_model", Model(weights_sha256=m.weights_sha256, created=m.created,
+                                                      name=m.name,
                                                       **dict(zip(names, _cols(m, names), strict=True))))
             else:
                 self._compare("dse_model", ours, m, names, f"model {m.weights_sha256[:12]}")

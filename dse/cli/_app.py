@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.measure import Measurement
+from rich.progress import Progress
 from rich.table import Table
 from typer._click import ClickException  # typer vendors click; no separate package
+from typer._click.exceptions import NoArgsIsHelpError
+from typer.core import TyperOption
 
 from db.errors import StorageError
 from dse.errors import DseError
@@ -25,6 +31,70 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _flag_type(self: TyperOption, ctx: Any) -> str | None:
+    """A flag takes no value: show none (typer's help prints `<bool>` after every flag)."""
+    if self.is_flag and self.metavar is None:
+        return None
+    return _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
+
+@contextmanager
+def step_progress(description: str, *, disable: bool = False,
+                  every_s: float = 10.0) -> Iterator[Callable[..., None]]:
+    """A `(done, total)` callback for a long step, so that it is never silent.
+
+    On a terminal, a transient bar on stderr. In a pipe or a CI log, where a bar draws nothing
+    until the end, a `description: done/total` line on stderr every `every_s` seconds; a step
+    that ends sooner prints nothing (a user error stays one line).
+    """
+    if disable:
+        yield lambda done, total=None: None
+        return
+    if err_console.is_terminal:
+        with Progress(console=err_console, transient=True) as bar:
+            task = bar.add_task(description, total=None)
+            yield lambda done, total=None: bar.update(task, completed=done, total=total)
+        return
+    last = [time.monotonic()]
+
+    def line(done: int, total: int | None = None) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s:
+            last[0] = now
+            of = f"/{total}" if total else ""
+            err_console.print(f"{description}: {done}{of}", markup=False, highlight=False)
+
+    yield line
+
+
+def package_version() -> str:
+    """The installed mess-dse version (from its metadata, so pyproject.toml stays the source)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mess-dse")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mess-dse {package_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_show_version,
+                                          help="Print the mess-dse version and exit.")] = False,
+) -> None:
+    """Multi-Exit Semantic Segmentation: train once, find Pareto-optimal exits per device."""
 
 DbOption = Annotated[
     str,
@@ -96,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
+    except NoArgsIsHelpError as exc:  # `dse` or `dse db` alone: the help, not a mistake
+        typer.echo(exc.format_message())
+        return 0
     except ClickException as exc:  # usage errors: click prints its own one-line message
         exc.show()
         return exc.exit_code

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
-from dse.cli._app import ComputeOption, DbOption, JsonOption, app, console, err_console
+from dse.cli._app import (
+    ComputeOption,
+    DbOption,
+    JsonOption,
+    app,
+    console,
+    err_console,
+    step_progress,
+)
 
 RunOption = Annotated[int, typer.Option("--run", help="Search run id (`dse pareto` prints it).")]
 CandidateOption = Annotated[
@@ -25,7 +33,9 @@ def export_command(
     run: RunOption,
     candidate: CandidateOption,
     fmt: Annotated[
-        str, typer.Option("--format", help="torchscript | onnx | state-dict")
+        Literal["torchscript", "onnx", "state-dict"],
+        typer.Option("--format", help="One TorchScript file, a folder of ONNX graphs with a "
+                     "numpy runner, or the pruned module's state dict."),
     ] = "torchscript",
     out: Annotated[Path | None, typer.Option("--out", help="File (folder for onnx) to write.")]
     = None,
@@ -77,17 +87,13 @@ def verify_command(
     json_output: JsonOption = False,
 ) -> None:
     """Run a searched configuration for real and compare with its prediction."""
-    from rich.progress import Progress
-
     from profiling.deploy import VerifyRequest, run_verify
 
     request = VerifyRequest(run=run, candidate=candidate, checkpoint=checkpoint, data=data,
                             data_root=data_root, split=split, limit=limit, repeat=repeat,
                             force=force, compute=compute, runtime=runtime)
-    with Progress(console=err_console, transient=True, disable=json_output) as bar:
-        task = bar.add_task("verifying", total=None)
-        outcome = run_verify(db, request, progress=lambda done, total: bar.update(
-            task, completed=done, total=total))
+    with step_progress("verifying", disable=json_output) as bar:
+        outcome = run_verify(db, request, progress=bar)
     for note in outcome.warnings:
         err_console.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
     if json_output:

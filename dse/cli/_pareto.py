@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from dse.cli._app import DEFAULT_DB, DbOption, JsonOption, app, console, err_console, fits
+from dse.cli._app import DEFAULT_DB, DbOption, JsonOption, app, console, fits, step_progress
 from dse.errors import DseError
 
 
@@ -32,25 +31,25 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 def pareto_command(
     device: Annotated[str, typer.Option("--device", help="Device name as given to `dse profile`.")],
     model: Annotated[str | None, typer.Option("--model", help="Model id or name (default: the only one profiled on the device).")] = None,
-    method: Annotated[str, typer.Option("--method", help="exhaustive | optuna")] = "exhaustive",
+    method: Annotated[Literal["exhaustive", "optuna"], typer.Option("--method", help="Every configuration up to --max-exits, or Optuna's NSGA-II over --trials.")] = "exhaustive",
     objectives: Annotated[str, typer.Option("--objectives", help="Two or more of miou, latency, gflops.")] = "miou,latency",
     max_exits: Annotated[int, typer.Option("--max-exits", help="Most early exits per configuration.")] = 3,
-    mode: Annotated[str, typer.Option("--mode", help="cascade | budgeted | anytime")] = "cascade",
+    mode: Annotated[Literal["cascade", "budgeted", "anytime"], typer.Option("--mode", help="cascade: images leave at the first confident exit; budgeted: one exit for all; anytime: every kept exit in turn.")] = "cascade",
     positions: Annotated[str | None, typer.Option("--positions", help="Allowed positions, comma-separated.")] = None,
     heads: Annotated[str | None, typer.Option("--heads", help="Allowed head ids, comma-separated.")] = None,
     th_pix: Annotated[str | None, typer.Option("--th-pix", help="Pixel thresholds (histogram edges), comma-separated.")] = None,
     th_img: Annotated[str | None, typer.Option("--th-img", help="Image thresholds, comma-separated.")] = None,
     per_exit_thresholds: Annotated[bool, typer.Option("--per-exit-thresholds", help="One th_pix per exit (optuna).")] = False,
-    max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", help="Latency budget: mean milliseconds per image on this device.")] = None,
     max_drop_pp: Annotated[float | None, typer.Option("--max-drop-pp", metavar="POINTS", help="Max mIoU drop vs the final exit alone, in percentage points (1 = 74.5% -> 73.5%).")] = None,
     min_miou: Annotated[str | None, typer.Option("--min-miou", metavar="PERCENT", help="Minimum mIoU in percent: 70 or 70% (a fraction such as 0.7 also works).")] = None,
-    max_gflops: Annotated[float | None, typer.Option("--max-gflops")] = None,
-    target: Annotated[str | None, typer.Option("--target", help="accuracy (max mIoU at <= baseline cost) | speed (min latency within --max-drop-pp, default 0.1)")] = None,
+    max_gflops: Annotated[float | None, typer.Option("--max-gflops", help="Compute budget: mean GFLOPs per image (one multiply-add = one FLOP).")] = None,
+    target: Annotated[Literal["accuracy", "speed"] | None, typer.Option("--target", help="accuracy (max mIoU at <= baseline cost) | speed (min latency within --max-drop-pp, default 0.1)")] = None,
     fronts: Annotated[int, typer.Option("--fronts", help="Fronts to keep and store.")] = 3,
     workers: Annotated[int, typer.Option("--workers", help="joblib workers (exhaustive).")] = 1,
     study: Annotated[str | None, typer.Option("--study", help="Optuna study to create or join in the --db database (several machines can share one); without it the study stays in memory.")] = None,
     trials: Annotated[int, typer.Option("--trials", help="Optuna trials in this process.")] = 500,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of Optuna's sampler (the exhaustive search needs none).")] = 0,
     calibration: Annotated[str | None, typer.Option("--calibration", help="Calibration set to select on: id or split, e.g. 'val[::2]' (default: the newest profiled).")] = None,
     check_on: Annotated[str | None, typer.Option("--check-on", help="Score front 1 on another stored calibration set (id or split, e.g. 'val[1::2]').")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the intervals of front 1 (0: none).")] = 1000,
@@ -96,14 +95,8 @@ def pareto_command(
     url = parse_url(db).render_as_string(hide_password=False)
     engine = open_store(db)
     try:
-        if json_output:
-            stored = run_search(engine, url, request)
-        else:
-            with Progress(console=err_console, transient=True) as bar:
-                task = bar.add_task("searching", total=None)
-                stored = run_search(engine, url, request,
-                                    progress=lambda done, total: bar.update(task, completed=done,
-                                                                            total=total))
+        with step_progress("searching", disable=json_output) as bar:
+            stored = run_search(engine, url, request, progress=bar)
         if report is not None:
             from db import session_scope
             from dse.report import write_report

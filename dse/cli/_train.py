@@ -55,6 +55,7 @@ class TrainBars:
         self.task: Any = None
         self._loss_sum = 0.0
         self._count = 0
+        self._epochs: dict[str, int] = {}  # planned epochs per mode, for "epoch 3/8"
 
     def __enter__(self) -> TrainBars:
         self.bar.start()
@@ -67,6 +68,7 @@ class TrainBars:
         if self.task is not None:
             self.bar.remove_task(self.task)
         self._loss_sum, self._count = 0.0, 0
+        self._epochs[mode] = epochs
         self.task = self.bar.add_task(f"{mode} epoch {epoch}/{epochs}", total=batches, loss=0.0)
 
     def note(self, text: str) -> None:
@@ -87,7 +89,9 @@ class TrainBars:
             return
         final = record.val_miou.get(FINAL_EXIT)
         early = [v for k, v in record.val_miou.items() if k != FINAL_EXIT]
-        parts = [f"{record.mode} epoch {record.epoch}", f"loss {record.train_loss:.4f}"]
+        # The stage's planned epochs (with --time-budget: the current plan, revised per epoch).
+        of = f"/{self._epochs[record.mode]}" if record.mode in self._epochs else ""
+        parts = [f"{record.mode} epoch {record.epoch}{of}", f"loss {record.train_loss:.4f}"]
         if final is not None:
             parts.append(f"val mIoU final {100 * final:.1f}")
         if early:
@@ -187,7 +191,7 @@ def train_command(
             help="ImageNet backbone weights (default: off; CamVid recipe: on for Lite0).",
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per training step.")] = 8,
     lr: Annotated[
         float | None, typer.Option("--lr", help="Learning rate (default 0.01; CamVid 0.001).")
     ] = None,
@@ -233,7 +237,7 @@ def train_command(
     val_size: Annotated[
         int | None, typer.Option("--val-size", help="Use N validation samples.")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds weights, data order and augmentation.")] = 0,
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads.")] = None,
     json_output: JsonOption = False,
 ) -> None:

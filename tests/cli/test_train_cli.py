@@ -217,3 +217,14 @@ def test_camvid_without_tuning_flags_trains_the_documented_recipe(
     assert _run(capsys, *TINY, "--out", str(tmp_path / "c.pt"))[0] == 0
     assert (seen[-1].base.optimizer, seen[-1].base.epochs) == ("sgd", 10)  # synthetic: generic
     assert seen[-1].base.alpha == 1.0
+
+
+def test_epoch_lines_say_how_many_epochs_the_stage_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mess.pt"
+    code, _, err = _run(capsys, *TINY, "--head-space", "nocrm-b0-fcn", "--stage", "1",
+                        "--epochs", "2", "--out", str(out))
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if " epoch " in line]
+    assert [line.split(",")[0] for line in lines] == ["stage1 epoch 1/2", "stage1 epoch 2/2"]

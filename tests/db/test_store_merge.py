@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sqlalchemy import text
-from store_helpers import SHA_B, chunk, fill
+from store_helpers import SHA_A, SHA_B, chunk, fill
 
 from db import CandidateInput, StorageError, open_store, session_scope
 from db import repository as repo
@@ -89,6 +89,35 @@ def test_conflicting_measurements_are_reported_not_copied(store_url: str, tmp_pa
         lat = repo.load_latency(s, model_id=ids["model"], device_id=ids["device"])
         assert all(rec.max_ms < 99 for rec in lat) and len(lat) == 3
     engine.dispose()
+
+
+def test_a_model_named_otherwise_is_the_same_model(store_url: str, tmp_path) -> None:
+    """Names default to the checkpoint's file name: another name is no conflict."""
+    from sqlalchemy import update
+
+    from db.models import Model
+
+    target = open_store(store_url, create=True)
+    fill(target)
+    target.dispose()
+    other = str(tmp_path / "other.db")
+    source = open_store(other, create=True)
+    fill(source)
+    with session_scope(source) as s:
+        s.execute(update(Model).values(name="lite0-copied-to-the-jetson.pt"))
+    source.dispose()
+    report = merge_stores(other, store_url)
+    assert report.conflicts == [] and report.conflict_counts == {}
+    assert report.skipped["dse_model"] == 1 and report.copied.get("dse_model", 0) == 0
+    engine = open_store(store_url)
+    with session_scope(engine) as s:
+        assert [m.name for m in repo.list_models(s)] == [f"tiny-{SHA_A[:4]}"]  # ours is kept
+    engine.dispose()
+    source = open_store(other)
+    with session_scope(source) as s:  # a real difference of the same weights still is one
+        s.execute(update(Model).values(num_classes=5))
+    source.dispose()
+    assert merge_stores(other, store_url).conflict_counts == {"dse_model": 1}
 
 
 def test_partial_profile_is_completed_by_merge(tmp_path) -> None:
