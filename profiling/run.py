@@ -28,7 +28,12 @@ from profiling.device import resolve_device, resolve_dtype
 from profiling.errors import ProfilingError
 from profiling.latency import LatencyResult, LatencySettings, check_input_size, profile_latency
 from profiling.timing import TimingSettings
-from training.checkpoint import describe_network, load_checkpoint, weights_sha256
+from training.checkpoint import (
+    describe_network,
+    load_checkpoint,
+    training_warnings,
+    weights_sha256,
+)
 from training.flops import Component, network_components
 from training.heads import FINAL_EXIT
 from training.policy import ExitPolicy
@@ -135,6 +140,9 @@ class ProfileOutcome:
     accuracy: AccuracyResult | None
     latency: LatencyResult | None
     rows: tuple[ExitRow, ...]
+    # What the profile rests on that the user may not know (untrained exit heads, an unfinished
+    # training run): `training.checkpoint.training_warnings`.
+    warnings: tuple[str, ...] = ()
 
 
 def exit_inputs(network: MessNetwork, costs: Mapping[tuple[str, str], Component],
@@ -171,13 +179,16 @@ def register_model(engine: Engine, network: MessNetwork, name: str, input_size: 
 
 
 def run_profile(db: str, request: ProfileRequest, *,
-                progress: ProfileProgress | None = None) -> ProfileOutcome:
+                progress: ProfileProgress | None = None,
+                warn: Callable[[str], None] | None = None) -> ProfileOutcome:
     """Profile a checkpoint: accuracy on a calibration split, then latency on this machine.
 
     Args:
         db: store URL or SQLite path (created when missing, after every check passed).
         request: what to profile.
         progress: called as the passes advance (see `ProfileProgress`).
+        warn: called with each of the outcome's `warnings` as soon as the request passed every
+            check, before the long work (which the user may then stop).
 
     Raises:
         ProfilingError, TrainingError: a user mistake, before anything is written.
@@ -207,6 +218,9 @@ def run_profile(db: str, request: ProfileRequest, *,
         owned = onnxruntime_backend(request, threads=lat_settings.threads)
     backend = request.backend or owned
     engine = open_store(db, create=True)
+    warnings = tuple(training_warnings(meta, request.checkpoint))
+    for warning in warnings if warn is not None else ():
+        warn(warning)
     try:
         model_id, costs = register_model(engine, network, request.name or request.checkpoint.stem,
                                          size)
@@ -242,7 +256,7 @@ def run_profile(db: str, request: ProfileRequest, *,
             owned.close()
     return ProfileOutcome(model_id=model_id, device=request.device, policy=policy,
                           accuracy=accuracy, latency=latency,
-                          rows=tuple(exit_rows(network, costs, summaries, p50)))
+                          rows=tuple(exit_rows(network, costs, summaries, p50)), warnings=warnings)
 
 
 def onnxruntime_backend(request: ProfileRequest, *, threads: int) -> OnnxRuntimeBackend:

@@ -179,3 +179,32 @@ def load_checkpoint(
         meta[key] = payload[key]
     meta["train_state"] = payload.get("train_state")
     return network, meta
+
+
+# Modes that train every candidate exit head (stage 1 trains one reference head per position).
+HEAD_TRAINING_MODES = ("stage2", "ic-only", "end-to-end")
+
+
+def training_warnings(meta: dict[str, Any], path: str | os.PathLike[str]) -> list[str]:
+    """What a profile of this checkpoint rests on that the user may not know: exit heads that
+    were never trained (their accuracy would be that of random heads) or an unfinished run.
+
+    Args:
+        meta: the meta `load_checkpoint` returns (``completed_modes``, ``train_state``).
+        path: the checkpoint, named in the command that fixes it.
+    """
+    state = meta.get("train_state") or {}
+    running = str(state.get("mode", "")) if state and not state.get("finished") else ""
+    done = [str(m) for m in meta.get("completed_modes", [])]
+    out = []
+    if running:
+        out.append(f"training of {path} did not finish: {running} stopped after epoch "
+                   f"{state.get('epoch')} of {state.get('planned_epochs')}; "
+                   f"`dse train ... --out {path} --resume` continues it")
+    if not set(done) & set(HEAD_TRAINING_MODES) and running not in HEAD_TRAINING_MODES:
+        ran = ", ".join(done) if done else "none"
+        out.append(f"the exit heads of {path} were never trained (stage 2 never ran; completed "
+                   f"stages: {ran}), so their accuracy is that of untrained heads (stage 1 "
+                   f"trains only one reference head per position); run `dse train --stage 2 "
+                   f"--out {path}` first")
+    return out

@@ -116,7 +116,7 @@ def profile_command(
         runtime=runtime, optimization=optimization, provider=provider,
     )
     with ProfileBars() as bars:
-        outcome = run_profile(db, request, progress=bars.advance)
+        outcome = run_profile(db, request, progress=bars.advance, warn=_warn)
     print_profile(outcome, json_output=json_output)
 
 
@@ -161,6 +161,10 @@ class ProfileBars:
         if stage not in self._tasks:
             self._tasks[stage] = self._bars.add_task(stage, total=total, step=step)
         self._bars.update(self._tasks[stage], completed=done, total=total, step=step[-40:])
+
+
+def _warn(text: str) -> None:
+    err_console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
 def print_profile(outcome: ProfileOutcome, *, json_output: bool) -> None:

@@ -113,3 +113,21 @@ def test_bad_timing_options_are_one_line_exit_2_nothing_stored(
         checkpoint, tmp_path, capsys, option, value, match) -> None:
     _refused(["--checkpoint", str(checkpoint), "--limit", "4", option, value], tmp_path, capsys,
              match)
+
+
+def test_profile_warns_when_stage_two_never_ran(tmp_path, capsys) -> None:
+    from training.adapters import build_network
+    from training.checkpoint import save_checkpoint
+
+    path = tmp_path / "stage1-only.pt"
+    net = build_network("fcn_resnet18", num_classes=6, head_space=["nocrm-b0-fcn"],
+                        positions=["layer1.1"])
+    save_checkpoint(path, net, meta={"input_size": [32, 32], "dataset": "synthetic",
+                                     "completed_modes": ["stage1"]})
+    assert main(["profile", "--checkpoint", str(path), "--device", "cpu", "--no-latency",
+                 "--db", str(tmp_path / "m.db"), *FAST, "--json"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("warning: ")]
+    assert len(warnings) == 1
+    assert "exit heads of" in warnings[0] and "never trained" in warnings[0]
+    assert f"dse train --stage 2 --out {path}" in warnings[0]

@@ -96,3 +96,27 @@ def test_a_failed_save_leaves_the_previous_file_whole(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["a.pt"]
     with pytest.raises(ValueError, match="input_size"):
         save_checkpoint(tmp_path / "b.pt", net, meta={"dataset": "synthetic"})
+
+
+@pytest.mark.parametrize(("completed", "state", "warned"), [
+    (["stage1"], None, ["never trained", "completed stages: stage1",
+                        "dse train --stage 2 --out ck.pt"]),
+    ([], None, ["never trained", "completed stages: none"]),
+    (["final-only"], None, ["never trained", "completed stages: final-only"]),
+    (["stage1"], {"mode": "stage2", "epoch": 1, "planned_epochs": 4, "finished": False},
+     ["did not finish: stage2 stopped after epoch 1 of 4", "--out ck.pt --resume"]),
+    (["stage1"], {"mode": "stage1", "epoch": 2, "planned_epochs": 5, "finished": False},
+     ["did not finish: stage1 stopped after epoch 2 of 5", "never trained"]),
+    (["stage1", "stage2"], None, []),
+    (["stage1", "end-to-end"], None, []),
+    (["stage1", "ic-only"], {"mode": "ic-only", "epoch": 3, "planned_epochs": 3,
+                             "finished": True}, []),
+])
+def test_training_warnings_name_untrained_heads_and_unfinished_runs(completed, state,
+                                                                   warned) -> None:
+    from training.checkpoint import training_warnings
+
+    warnings = training_warnings({"completed_modes": completed, "train_state": state}, "ck.pt")
+    text = " | ".join(warnings)
+    assert all(w in text for w in warned), text
+    assert bool(warnings) == bool(warned)
