@@ -9,6 +9,7 @@ Budgeted and anytime spaces are small or closed-form and are enumerated directly
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -18,7 +19,7 @@ from dse.constraints import Bounds, explain_empty
 from dse.data import FINAL_EXIT
 from dse.evaluate import Evaluation, Evaluator
 from dse.pareto import ParetoArchive
-from dse.search import Progress, SearchResult, feasible, rank
+from dse.search import Progress, SearchResult, excluded_front, feasible, rank
 from dse.space import Configuration, SearchSpace
 
 
@@ -60,21 +61,29 @@ class ExhaustiveSearcher:
             if stats is not None and isinstance(stats["closest"], Configuration):
                 evaluations.append(ev.evaluate(stats["closest"]))
             raise _empty(evaluations, bounds, n_evaluated, stats)
-        return rank(kept, objectives, max_front=self.max_front, baseline=baseline,
-                    n_evaluated=n_evaluated, method=self.name)
+        result = rank(kept, objectives, max_front=self.max_front, baseline=baseline,
+                      n_evaluated=n_evaluated, method=self.name)
+        if bounds.names():  # a second, unconstrained pass: front 1 only
+            pool = evaluations
+            if space.mode == "cascade":
+                free, _, _ = self._cascade(ev, space, objectives, Bounds(), None, max_front=1)
+                pool = [ev.evaluate(c) for c in free] + [baseline]
+            result = replace(result, excluded=excluded_front(pool, objectives, bounds))
+        return result
 
     def _cascade(self, ev: Evaluator, space: SearchSpace, objectives: list[str], bounds: Bounds,
-                 progress: Progress | None) -> tuple[list[Configuration], int, dict[str, object]]:
+                 progress: Progress | None, *, max_front: int | None = None,
+                 ) -> tuple[list[Configuration], int, dict[str, object]]:
         kernel = CascadeKernel(ev, space, dtype=self.dtype)
         units = _units(kernel, self.n_jobs) if space.max_exits > 0 and len(kernel.rows) else []
-        archive = ParetoArchive(len(objectives), 2 + space.max_exits, max_front=self.max_front,
+        fronts = self.max_front if max_front is None else max_front
+        archive = ParetoArchive(len(objectives), 2 + space.max_exits, max_front=fronts,
                                 cap=self.cap)
         n_evaluated, n_sat = 1, dict.fromkeys(bounds.names(), 0)
         closest: tuple[float, np.ndarray | None] = (np.inf, None)
-        jobs = (delayed(_run)(kernel, u, objectives, bounds, self.max_front, self.cap)
-                for u in units)
+        jobs = (delayed(_run)(kernel, u, objectives, bounds, fronts, self.cap) for u in units)
         if self.n_jobs == 1:
-            results = (_run(kernel, u, objectives, bounds, self.max_front, self.cap) for u in units)
+            results = (_run(kernel, u, objectives, bounds, fronts, self.cap) for u in units)
         else:
             results = Parallel(n_jobs=self.n_jobs, backend=self.backend,
                                return_as="generator_unordered")(jobs)

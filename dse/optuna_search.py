@@ -11,6 +11,7 @@ study stays in memory: the search run and its candidates are what the store keep
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -18,7 +19,7 @@ import optuna
 from dse.constraints import Bounds, explain_empty
 from dse.errors import DseError
 from dse.evaluate import Evaluation, Evaluator
-from dse.search import Progress, SearchResult, feasible, rank
+from dse.search import Progress, SearchResult, excluded_front, feasible, rank
 from dse.space import Configuration, SearchSpace
 
 _DIRECTIONS = {"miou": "maximize", "latency": "minimize", "gflops": "minimize"}
@@ -92,8 +93,9 @@ class OptunaSearcher:
             from dse.exhaustive import _violation
             closest = min(evaluations, key=lambda e: _violation(e, bounds), default=None)
             raise explain_empty(bounds, len(evaluations), n_sat, closest)
-        return rank(kept, objectives, max_front=self.max_front, baseline=baseline,
-                    n_evaluated=len(evaluations), method=self.name)
+        result = rank(kept, objectives, max_front=self.max_front, baseline=baseline,
+                      n_evaluated=len(evaluations), method=self.name)
+        return replace(result, excluded=excluded_front(evaluations, objectives, bounds))
 
     def _study(self, objectives: list[str], bounds: Bounds) -> optuna.Study:
         sampler: optuna.samplers.BaseSampler

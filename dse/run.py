@@ -323,9 +323,12 @@ def run_search(engine: Engine, url: str, request: SearchRequest,
                 objectives=list(request.objectives), baseline=_baseline(baseline),
                 input_shape=list(problem.input_shape), duration_s=duration,
                 n_evaluated=result.n_evaluated)
+            n = len(result.candidates)
             repo.add_candidates(s, run.id, [
                 candidate_input(i, e, f, intervals.get(i)) for i, (e, f) in
-                enumerate(zip(evaluations, fronts, strict=True))])
+                enumerate(zip(evaluations, fronts, strict=True))] + [
+                candidate_input(n + i, e, 1, feasible=False)
+                for i, e in enumerate(result.excluded)])
             if held_out is not None:
                 _store_checks(s, run, held_out)
             stored = repo.list_candidates(s, run.id)
@@ -356,7 +359,7 @@ class RunSummary:
     """One stored search run as `dse runs` lists it."""
 
     run: SearchRunRecord
-    candidates: int
+    candidates: int  # stored candidates the constraints allow
     front_one: int
     chosen: CandidateRecord | None  # the candidate `--target` picked, if any
 
@@ -377,7 +380,7 @@ def list_runs(s: Session, *, model: str | None = None,
     for run in repo.list_search_runs(s, model_id=model_id):
         if device is not None and run.device_name != device:
             continue
-        candidates = repo.list_candidates(s, run.id)
+        candidates = [c for c in repo.list_candidates(s, run.id) if c.feasible]
         index = run.constraints.get("chosen_candidate")
         chosen = next((c for c in candidates if c.index == index), None)
         out.append(RunSummary(run=run, candidates=len(candidates),
@@ -391,11 +394,14 @@ def _baseline(e: Evaluation) -> dict[str, float]:
 
 
 def candidate_input(index: int, e: Evaluation, front: int,
-                    intervals: Intervals | None = None) -> CandidateInput:
-    """A store row for an evaluated configuration (with its bootstrap intervals, if any)."""
+                    intervals: Intervals | None = None, *,
+                    feasible: bool = True) -> CandidateInput:
+    """A store row for an evaluated configuration (with its bootstrap intervals, if any;
+    `feasible=False`: one a constraint excluded, stored after the kept ones with its front
+    among the unconstrained space)."""
     return CandidateInput(
         index=index, front=front, exits=list(e.config.all_exits), th_pix=list(e.config.th_pix),
         th_img=e.config.th_img, miou=e.miou, latency_ms=e.latency_ms,
         latency_p95_ms=e.latency_p95_ms, gflops=e.gflops, exit_rates=e.exit_rates,
-        feasible=True, anytime_ms=list(e.anytime_ms) if e.anytime_ms is not None else None,
+        feasible=feasible, anytime_ms=list(e.anytime_ms) if e.anytime_ms is not None else None,
         intervals=intervals.to_dict() if intervals is not None else None)

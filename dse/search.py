@@ -30,6 +30,9 @@ class SearchResult:
     n_evaluated: int
     baseline: Evaluation
     method: str
+    # Front 1 of the unconstrained space minus what the constraints allow: stored as infeasible,
+    # so a report can show (dimmed) how far the excluded trade-offs lie from the kept ones.
+    excluded: tuple[Evaluation, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.candidates) != len(self.fronts):
@@ -71,3 +74,21 @@ def rank(evaluations: Sequence[Evaluation], objectives: list[str], *, max_front:
     return SearchResult(candidates=tuple(unique[i] for i in order),
                         fronts=tuple(int(fronts[i]) for i in order), n_evaluated=n_evaluated,
                         baseline=baseline, method=method)
+
+
+EXCLUDED_CAP = 500
+
+
+def excluded_front(evaluations: Sequence[Evaluation], objectives: list[str],
+                   bounds: Bounds) -> tuple[Evaluation, ...]:
+    """The non-dominated points of `evaluations` (taken without constraints) that violate
+    `bounds`, fastest first, at most `EXCLUDED_CAP`; empty when there are no bounds."""
+    if not bounds.names() or not evaluations:
+        return ()
+    free = rank(evaluations, objectives, max_front=1, baseline=evaluations[0], n_evaluated=0,
+                method="")
+    out = [e for e in free.candidates if not feasible(e, bounds)]
+    if len(out) > EXCLUDED_CAP:  # thin evenly along the front, keep both ends
+        step = (len(out) - 1) / (EXCLUDED_CAP - 1)
+        out = [out[round(k * step)] for k in range(EXCLUDED_CAP)]
+    return tuple(out)

@@ -10,7 +10,16 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from dse.cli._app import DEFAULT_DB, DbOption, JsonOption, app, console, fits, step_progress
+from dse.cli._app import (
+    DEFAULT_DB,
+    DbOption,
+    JsonOption,
+    app,
+    console,
+    err_console,
+    fits,
+    step_progress,
+)
 from dse.errors import DseError
 
 
@@ -146,8 +155,9 @@ def print_run(stored, json_output: bool) -> None:  # type: ignore[no-untyped-def
     warning = stored.trust.warning if stored.trust is not None else None
     if warning is not None:
         err_console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
-    if json_output:
-        for c in stored.candidates:
+    kept = [c for c in stored.candidates if c.feasible]
+    if json_output:  # the candidates the constraints allow (excluded ones are for the report)
+        for c in kept:
             typer.echo(json.dumps(_json_line(stored, c), sort_keys=True))
         return
     base = run.baseline
@@ -157,16 +167,19 @@ def print_run(stored, json_output: bool) -> None:  # type: ignore[no-untyped-def
                   f"{base['latency_ms']:.3f} ms, {base['gflops']:.3f} GFLOPs",
                   markup=False, highlight=False, soft_wrap=True)
     boot = run.constraints.get("bootstrap")
-    front = [c for c in stored.candidates if c.front == 1]
+    front = [c for c in kept if c.front == 1]
     plain = stored.plain if stored.robust is not None else None
     table = _front_table(front, stored.chosen, plain, boot)
     if fits(table):
         console.print(table)
     else:  # a pipe or a narrow terminal: one block per candidate, nothing cut short
         _print_stacked(front, stored.chosen, plain, boot)
-    later = sum(c.front > 1 for c in stored.candidates)
-    console.print(f"{later} more candidates on fronts 2..{max(c.front for c in stored.candidates)} "
-                  f"stored; `dse report --runs {run.id} --out FILE` plots them",
+    later = sum(c.front > 1 for c in kept)
+    excluded = len(stored.candidates) - len(kept)
+    also = (f", and {excluded} trade-offs the constraints excluded (drawn dimmed)"
+            if excluded else "")
+    console.print(f"{later} more candidates on fronts 2..{max(c.front for c in kept)} "
+                  f"stored{also}; `dse report --runs {run.id} --out FILE` plots them",
                   markup=False, highlight=False, soft_wrap=True)
     if boot:
         console.print(f"intervals: {boot['resamples']} bootstrap resamples of the "

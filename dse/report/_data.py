@@ -162,7 +162,7 @@ def _series(run: SearchRunRecord, candidates: Sequence[CandidateRecord]) -> list
         groups.setdefault(key, []).append(cand)
     infeasible = [c for c in candidates if not c.feasible]
     if infeasible:
-        groups[(DIMMED_FRONTS + 2, "infeasible", "violates a constraint")] = infeasible
+        groups[(DIMMED_FRONTS + 2, "infeasible", "excluded by a constraint")] = infeasible
     out = []
     for (_, style, name), cands in sorted(groups.items()):
         cands = sorted(cands, key=lambda c: (c.latency_ms, -c.miou, c.index))

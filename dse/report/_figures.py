@@ -49,7 +49,9 @@ def _layout(fig: go.Figure, *, title: str, height: int) -> None:
     fig.update_layout(
         title=dict(text=esc(title), x=0.01), height=height, template="plotly_white",
         margin=dict(l=70, r=20, t=60, b=60), hoverlabel=dict(align="left"),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1.0, xanchor="right"),
+        # Right of the plot, top-aligned: the right margin grows to fit it, so it can never
+        # cover the title (top left) however many entries it wraps into.
+        legend=dict(orientation="v", yanchor="top", y=1.0, x=1.02, xanchor="left"),
     )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from db.records import FINAL_EXIT, CandidateRecord, SearchRunRecord, VerificationRecord
+from dse.constraints import describe
 from dse.report._cross import CrossDeviceData
 from dse.report._data import chosen_candidate, front_one
 from dse.report._format import baseline_value, esc, exit_chain, ms, pct, thresholds
@@ -161,19 +162,9 @@ def verification_table(verifications: Sequence[VerificationRecord]) -> str:
                    "measured − predicted", "when"], rows, css="verify")
 
 
-def _pairs(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in sorted(values.items()) if v is not None)
-
-
 def constraints_text(constraints: dict[str, Any]) -> str:
-    """`max_drop_pp=2, target=speed (resolved: min_miou=0.7551)`, escaped; `none` if empty."""
-    given = {k: v for k, v in constraints.items() if not isinstance(v, dict)}
-    text = _pairs(given) or "none"
-    resolved = constraints.get("resolved")
-    if isinstance(resolved, dict) and resolved:
-        text += f" (resolved: {_pairs(resolved)})"
-    return esc(text)
+    """`mIoU drop <= 2 pp, target speed (bounds used: mIoU >= 58.00%)`, escaped; `none`."""
+    return esc(describe(constraints, resolved=True))
 
 
 def run_meta(data: RunData) -> str:

@@ -48,13 +48,21 @@ window.addEventListener("load", function () { setTimeout(function () {
   var figs = {};
   document.querySelectorAll("div.plotly-graph-div").forEach(function (d) {
     figs[d.id] = d.querySelectorAll("svg.main-svg").length; });
+  var overlaps = {};  // does a figure's legend cover its title?
+  document.querySelectorAll("div.plotly-graph-div").forEach(function (d) {
+    var l = d.querySelector("g.legend"), t = d.querySelector("text.gtitle");
+    if (!l || !t) { overlaps[d.id] = null; return; }
+    var a = l.getBoundingClientRect(), b = t.getBoundingClientRect();
+    overlaps[d.id] = !(a.right <= b.left || b.right <= a.left || a.bottom <= b.top ||
+                       b.bottom <= a.top);
+  });
   var table = document.querySelector("table.front");
   var header = Array.prototype.find.call(table.tHead.rows[0].cells, function (th) {
     return th.textContent === "at final"; });
   header.click(); var up = order(table);
   header.click(); var down = order(table);
   document.getElementById("probe").textContent = JSON.stringify({
-    figures: figs, scripts: document.scripts.length,
+    figures: figs, scripts: document.scripts.length, overlaps: overlaps,
     front: hover("fig-front-1", "front 1", 2), cross: hover("fig-cross", "run 2", 0),
     up: up, down: down});
 }, 500); });
@@ -114,6 +122,10 @@ def test_report_loads_draws_and_hovers(report: Path, tmp_path: Path) -> None:
     assert "C1" in cross and "elsewhere" in cross and "run 1 · cpu-a: 12.00 ms" in cross
     assert EVIL in cross  # the hostile device name is shown as plain text...
     assert probe["scripts"] == 2 + 7 + 1 + 1  # ...and never became a script element
+    # Legends never cover titles (front, exit-rate and cross-device plots have both).
+    with_legend = {k: v for k, v in probe["overlaps"].items() if v is not None}
+    assert {"fig-cross", "fig-front-1", "fig-exits-1"} <= set(with_legend), probe["overlaps"]
+    assert not any(with_legend.values()), probe["overlaps"]
     assert probe["up"] == ["0", "2", "1", "3"]  # sorted by share at the final exit
     assert probe["down"] == ["3", "1", "0", "2"]
 

@@ -195,7 +195,7 @@ def _front_one(url: str) -> list:
     engine = open_store(url)
     with session_scope(engine) as s:
         run = repo.list_search_runs(s)[-1]
-        front = repo.list_candidates(s, run.id, front=1)
+        front = [c for c in repo.list_candidates(s, run.id, front=1) if c.feasible]
     engine.dispose()
     return front
 
@@ -260,3 +260,41 @@ def test_optuna_prints_no_log_line_and_keeps_no_anonymous_study(store, capfd) ->
                  "--trials", "5", "--study", "named", "--json"]) == 0
     assert "A new study created" not in capfd.readouterr().err
     assert [st.study_name for st in optuna.get_all_study_summaries(storage=url)] == ["named"]
+
+
+def test_excluded_trade_offs_are_stored_apart_for_the_report(store, capsys, tmp_path) -> None:
+    """A constraint that excludes most of the space: the unconstrained front's excluded points
+    are stored as infeasible (after the kept candidates), left out of --json and front 1, and
+    drawn dimmed in the report."""
+    url, ev = store
+    base = ev.baseline()
+    floor = base.miou - 0.02
+    assert main(["pareto", "--device", "box", "--db", url, "--json",
+                 "--min-miou", f"{100 * floor:.4f}"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    engine = open_store(url)
+    with session_scope(engine) as s:
+        stored = repo.list_candidates(s, 1)
+    engine.dispose()
+    kept = [c for c in stored if c.feasible]
+    excluded = [c for c in stored if not c.feasible]
+    assert [line["candidate"] for line in lines] == [c.index for c in kept]
+    assert excluded and all(c.miou < floor for c in excluded)
+    assert [c.index for c in excluded] == list(range(len(kept), len(stored)))
+    assert min(c.latency_ms for c in excluded) < min(c.latency_ms for c in kept)
+    points = [(c.miou, c.latency_ms) for c in stored]
+    for c in excluded:  # nothing stored dominates an excluded point: it is on the free front
+        assert not any(m >= c.miou and t <= c.latency_ms and (m, t) != (c.miou, c.latency_ms)
+                       for m, t in points)
+        e = ev.evaluate(Configuration(exits=tuple(c.exits[:-1]), th_pix=tuple(c.th_pix),
+                                      th_img=c.th_img))
+        assert c.miou == pytest.approx(e.miou, abs=1e-12)
+    out = tmp_path / "r.html"
+    assert main(["report", "--runs", "1", "--db", url, "--out", str(out)]) == 0
+    assert "violates a constraint" in out.read_text()
+    assert main(["pareto", "--device", "box", "--db", url, "--json"]) == 0  # no constraint
+    capsys.readouterr()
+    engine = open_store(url)
+    with session_scope(engine) as s:
+        assert all(c.feasible for c in repo.list_candidates(s, 2))
+    engine.dispose()

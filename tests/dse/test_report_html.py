@@ -170,8 +170,9 @@ def test_constraints_and_chosen_candidate_on_the_page() -> None:
                                    "target": "speed", "chosen_candidate": 1,
                                    "resolved": {"min_miou": 0.58}})
     page = _page(RunData(run=run, candidates=tuple(records(1))))
-    assert ("chosen_candidate=1, max_drop_pp=2, target=speed (resolved: min_miou=0.58)"
-            in page)
+    shown = page.split("<dt>constraints</dt>")[1].split("</dd>")[0]
+    assert "mIoU drop &lt;= 2 pp, target speed (bounds used: mIoU &gt;= 58.00%)" in shown
+    assert "chosen_candidate" not in shown and "resolved" not in shown
     assert "max_latency_ms" not in page.split("<dt>constraints</dt>")[1].split("</dd>")[0]
     front = page.split('class="sortable front"')[1].split("</table>")[0]
     assert '<td data-sort="1">1 (chosen)</td>' in front
