@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = open_store(args.db)
     try:
         with session_scope(engine, readonly=True) as s:
-            front = repository.list_candidates(s, args.run, front=1)
+            front = [c for c in repository.list_candidates(s, args.run, front=1) if c.feasible]
         stored = [read_candidate(engine, args.run, cand.index) for cand in front]
     finally:
         engine.dispose()
