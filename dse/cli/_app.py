@@ -169,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except NoArgsIsHelpError as exc:  # `dse` or `dse db` alone: the help, not a mistake
         typer.echo(exc.format_message())
         return 0
-    except ClickException as exc:  # usage errors: click prints its own one-line message
-        exc.show()
+    except ClickException as exc:  # usage errors (a bad choice, a missing option): one line too
+        err_console.print(f"error: {_usage_message(exc)}", markup=False, highlight=False,
+                          soft_wrap=True)
         return exc.exit_code
     except _user_errors() as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
@@ -178,6 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         # measurement, nothing stored; profiling.verdict.UnstableProfileError)
         return int(getattr(exc, "exit_code", 2))
     return result if isinstance(result, int) else 0
+
+
+def _usage_message(exc: ClickException) -> str:
+    """Click's message on one line, naming the help to read (`dse export --help`)."""
+    text = " ".join(exc.format_message().split()).replace("Value error, ", "").rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    names: list[str] = []
+    while ctx is not None and ctx.parent is not None:  # the root's name is how it was started
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return f"{text}; see `{' '.join(['dse', *names, '--help'])}`"
 
 
 def run() -> None:

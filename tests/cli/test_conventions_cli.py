@@ -57,12 +57,15 @@ def test_pareto_choices_are_listed_and_enforced(capsys, monkeypatch, option, cho
     assert main(["pareto", "--device", "x", option, "nonsense"]) == 2
     err = capsys.readouterr().err
     assert "nonsense" in err and all(c in err for c in choices)
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1  # one line
+    assert "see `dse pareto --help`" in err
 
 
 def test_export_format_is_a_choice(capsys) -> None:
     assert main(["export", "--run", "1", "--candidate", "0", "--format", "tflite"]) == 2
     err = capsys.readouterr().err
     assert "tflite" in err and "torchscript" in err and "state-dict" in err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
 
 
 def test_long_steps_report_in_a_pipe_and_short_ones_stay_quiet(capsys, monkeypatch) -> None:

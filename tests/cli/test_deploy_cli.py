@@ -123,7 +123,7 @@ def test_bad_requests_get_one_line_and_exit_2(searched, capsys, tmp_path) -> Non
          "unknown search run 77"),
         (["verify", "--run", "1", "--candidate", "0"], "give --checkpoint"),
         (["export", "--run", "1", "--candidate", "0", "--format", "tflite", "--out",
-          str(tmp_path / "m")], "unknown --format"),
+          str(tmp_path / "m")], "'tflite' is not one of 'torchscript', 'onnx', 'state-dict'"),
         (["export", "--run", "1", "--candidate", "0", "--checkpoint", str(ckpt)], "give --out"),
     ]
     for args, message in cases:
