@@ -219,8 +219,9 @@ def run_profile(db: str, request: ProfileRequest, *,
     backend = request.backend or owned
     engine = open_store(db, create=True)
     warnings = tuple(training_warnings(meta, request.checkpoint))
-    for warning in warnings if warn is not None else ():
-        warn(warning)
+    if warn is not None:
+        for warning in warnings:
+            warn(warning)
     try:
         model_id, costs = register_model(engine, network, request.name or request.checkpoint.stem,
                                          size)
