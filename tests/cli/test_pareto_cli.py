@@ -220,7 +220,9 @@ def test_front_reads_whole_at_any_width(store, capsys, monkeypatch, width: int) 
     assert len(blocks) == len(front)
     for c, block in zip(front, blocks, strict=True):
         head, *rest = block.splitlines()
-        exit_lines = [line for line in rest if line.startswith("    ")]  # then the footer
+        exit_lines = [line for line in rest if line.startswith("    ")  # then the footer
+                      and "% interval: mIoU " not in line]  # and the bootstrap's line
+        assert any("% interval: mIoU " in line for line in rest)  # intervals stay visible
         assert head.startswith(f"{c.index}  mIoU {100 * c.miou:.2f}%  {c.latency_ms:.3f} ms")
         for exit_id, line in zip(c.exits, exit_lines, strict=True):
             assert line.split()[0] == exit_id
