@@ -17,6 +17,37 @@ from db.models import AccuracyChunk, AccuracyProfile, AccuracySummary, Calibrati
 from db.records import AccuracyArrays, AccuracyProfileRecord, ExitArrays, ExitSummary
 
 RESUME_HINT = "run `dse profile` again to finish it"
+DAMAGED_HINT = "the store is damaged: restore it from a backup or profile into a new store"
+MAX_COUNT = 2**40  # pixels of one image; far above any real image, far below int64 overflow
+
+
+def implausible(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, hist: np.ndarray
+                ) -> tuple[int, int, str] | None:
+    """(exit index, image index, why) of the first counts no set of images can produce, or None.
+
+    tp/fp/fn are [E, n, C] and hist [E, n, B] over the same n images. What every real profile
+    satisfies: counts are non-negative and bounded; per image, tp + fn per class is the truth and
+    so the same at every exit; tp + fp adds up to the same labelled pixels (only labelled pixels
+    are counted); every image's histogram counts the same pixels at a given exit (one input size).
+    Where exits disagree, the one off the per-image median is blamed.
+    """
+    checks: list[tuple[np.ndarray, str]] = []
+    for name, a in (("tp", tp), ("fp", fp), ("fn", fn), ("hist", hist)):
+        checks.append((np.asarray(((a < 0) | (a > MAX_COUNT)).any(axis=-1)),
+                       f"{name} counts outside [0, 2^40]"))
+    truth = tp + fn
+    checks.append(((tp + fp).sum(axis=-1) != truth.sum(axis=-1),
+                   "tp + fp and tp + fn add up to different labelled pixels"))
+    checks.append(((truth != np.median(truth, axis=0)[None]).any(axis=-1),
+                   "tp + fn (the ground truth) differs from the other exits'"))
+    totals = hist.sum(axis=-1)
+    checks.append((totals != np.median(totals, axis=1)[:, None],
+                   "the confidence histogram counts another number of pixels than the other images'"))
+    for bad, why in checks:
+        if bad.any():
+            e, i = np.argwhere(bad)[0]
+            return int(e), int(i), why
+    return None
 
 
 def _edges_array(edges: np.ndarray) -> np.ndarray:
@@ -37,10 +68,14 @@ def _profile_record(s: Session, row: AccuracyProfile) -> AccuracyProfileRecord:
     }
     return AccuracyProfileRecord(
         id=row.id, model_id=row.model_id, calibration_set_id=row.calibration_set_id,
-        settings=dict(row.settings), edges=from_bytes(row.edges, np.float64, (None,)),
+        settings=dict(row.settings), edges=_edges(row),
         exit_ids=tuple(row.exit_ids), num_classes=row.num_classes, num_samples=row.num_samples,
         complete=row.complete, created=aware(row.created), summaries=summaries,
     )
+
+
+def _edges(row: AccuracyProfile) -> np.ndarray:
+    return from_bytes(row.edges, np.float64, (None,), where=f"dse_accuracy_profile row {row.id} edges")
 
 
 def _profile(s: Session, profile_id: int) -> AccuracyProfile:
@@ -140,7 +175,7 @@ def add_accuracy_chunk(
     if len(sizes) != 1:
         raise ValueError(f"arrays must all have the same number of images, got {sorted(sizes)}")
     n = sizes.pop()
-    bins = from_bytes(profile.edges, np.float64, (None,)).size - 1
+    bins = _edges(profile).size - 1
     if n < 1 or start < 0 or start + n > profile.num_samples:
         raise ValueError(
             f"start={start}, n={n} fall outside the calibration set of {profile.num_samples} images"
@@ -150,6 +185,11 @@ def add_accuracy_chunk(
             raise ValueError(f"{exit_id}: tp has {a.tp.shape[1]} classes, expected {profile.num_classes}")
         if a.hist.shape[1] != bins:
             raise ValueError(f"{exit_id}: hist has {a.hist.shape[1]} bins, expected {bins}")
+    ids = list(profile.exit_ids)
+    stacked = [np.stack([getattr(arrays[e], k) for e in ids]) for k in ("tp", "fp", "fn", "hist")]
+    bad = implausible(*stacked)
+    if bad is not None:
+        raise ValueError(f"counts of exit {ids[bad[0]]!r}, image {start + bad[1]}: {bad[2]}")
     for lo, hi in _ranges(s, profile):
         if lo < start + n and start < hi and (lo, hi) != (start, start + n):
             raise StorageError(
@@ -202,27 +242,42 @@ def load_accuracy(s: Session, profile_id: int) -> AccuracyArrays:
         raise StorageError(
             f"accuracy profile {profile_id} holds {done} of {profile.num_samples} images; {RESUME_HINT}"
         )
-    edges = from_bytes(profile.edges, np.float64, (None,))
+    edges = _edges(profile)
     E, S, C, B = len(profile.exit_ids), profile.num_samples, profile.num_classes, edges.size - 1
     out = {k: np.zeros((E, S, C if k != "hist" else B), dtype=np.int64) for k in ("tp", "fp", "fn", "hist")}
     index = {e: i for i, e in enumerate(profile.exit_ids)}
-    seen = np.zeros((E, S), dtype=bool)
+    row_of = np.zeros((E, S), dtype=np.int64)  # chunk row id per (exit, image); 0: not stored
     for chunk in s.scalars(select(AccuracyChunk).where(AccuracyChunk.profile_id == profile_id)):
+        where = _chunk_name(chunk)
         if chunk.exit_id not in index:
-            raise StorageError(f"profile {profile_id} holds counts of unknown exit {chunk.exit_id}")
+            raise StorageError(f"{where} holds counts of an exit its profile does not have; {DAMAGED_HINT}")
         i, sl = index[chunk.exit_id], slice(chunk.start, chunk.start + chunk.n)
-        for k in ("tp", "fp", "fn"):
-            out[k][i, sl] = from_bytes(getattr(chunk, k), np.int64, (chunk.n, C))
-        out["hist"][i, sl] = from_bytes(chunk.hist, np.int64, (chunk.n, B))
-        seen[i, sl] = True
-    if not seen.all():
+        if chunk.start < 0 or chunk.n < 1 or chunk.start + chunk.n > S or row_of[i, sl].any():
+            raise StorageError(f"{where} lies outside or across the profile's images; {DAMAGED_HINT}")
+        for k in ("tp", "fp", "fn", "hist"):
+            out[k][i, sl] = from_bytes(getattr(chunk, k), np.int64, (chunk.n, B if k == "hist" else C),
+                                       where=f"{where} column {k}")
+        row_of[i, sl] = chunk.id
+    if not row_of.all():
         raise StorageError(f"accuracy profile {profile_id} misses some exits' counts; {RESUME_HINT}")
+    bad = implausible(out["tp"], out["fp"], out["fn"], out["hist"])
+    if bad is not None:
+        e, i, why = bad
+        blamed = s.get(AccuracyChunk, int(row_of[e, i]))
+        assert blamed is not None
+        raise StorageError(f"{_chunk_name(blamed)} holds implausible counts (image {i}: {why}); "
+                           f"{DAMAGED_HINT}")
     calib = s.get(CalibrationSet, profile.calibration_set_id)
     assert calib is not None
     return AccuracyArrays(
         profile_id=profile_id, exit_ids=tuple(profile.exit_ids), sample_ids=tuple(calib.sample_ids),
         edges=edges, num_classes=C, settings=dict(profile.settings), **out,
     )
+
+
+def _chunk_name(chunk: AccuracyChunk) -> str:
+    return (f"dse_accuracy_chunk row {chunk.id} (accuracy profile {chunk.profile_id}, exit "
+            f"{chunk.exit_id!r}, images {chunk.start}-{chunk.start + chunk.n - 1})")
 
 
 def summarise(arrays: AccuracyArrays) -> dict[str, ExitSummary]:

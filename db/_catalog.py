@@ -12,7 +12,14 @@ from sqlalchemy.orm import Session
 from db._common import aware, insert_or_get, parse_shape, plain_json, sha256_json, shape_key
 from db.errors import StorageError
 from db.models import CalibrationSet, Device, Exit, Model
-from db.records import CalibrationSetRecord, DeviceRecord, ExitInput, ExitRecord, ModelRecord
+from db.records import (
+    CalibrationSetRecord,
+    DeviceRecord,
+    ExitInput,
+    ExitRecord,
+    ModelRecord,
+    check_name,
+)
 
 SHA_PREFIX_MIN = 6
 
@@ -42,8 +49,7 @@ def upsert_model(
     num_classes: int,
 ) -> ModelRecord:
     """Store a model once per weights hash; a known hash returns the stored row unchanged."""
-    if not name:
-        raise ValueError("name must be a non-empty string")
+    check_name(name, field="name")
     if not arch:
         raise ValueError("arch must be a non-empty string")
     sha = weights_sha256.lower()
@@ -220,8 +226,7 @@ def upsert_device(s: Session, *, name: str, fingerprint: Mapping[str, Any]) -> D
     A name already seen with another fingerprint gets a new row (new drivers, another power
     mode...): its measurements never mix with the old ones. The caller may warn about it.
     """
-    if not name or not name.strip():
-        raise ValueError("name must be a non-empty string")
+    check_name(name, field="name")
     fp = plain_json(dict(fingerprint), field="fingerprint")
     sha = fingerprint_sha256(fp)
     row = Device(name=name, fingerprint=fp, fingerprint_sha256=sha)

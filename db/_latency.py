@@ -15,6 +15,9 @@ from db.errors import StorageError
 from db.models import Device, Latency, Model, ProfileQuality, utcnow
 from db.records import LATENCY_KINDS, LATENCY_SOURCES, LatencyRecord, ProfileQualityRecord
 
+DAMAGED = "the store is damaged: restore it from a backup or measure again"
+_STATS = ("mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms")
+
 
 def latency_stats(samples_ms: np.ndarray) -> dict[str, float]:
     """n, mean, std (population), min, p50, p90, p99, max of the samples (linear percentiles)."""
@@ -28,12 +31,20 @@ def latency_stats(samples_ms: np.ndarray) -> dict[str, float]:
 
 
 def _record(row: Latency) -> LatencyRecord:
+    where = f"dse_latency row {row.id} ({row.kind} {row.name!r})"
+    samples = from_bytes(row.samples_ms, np.float64, (row.n,), where=f"{where} column samples_ms")
+    if row.n < 1 or not np.all(np.isfinite(samples)) or (samples < 0).any():
+        raise StorageError(f"{where} holds timings that are not finite, non-negative numbers; {DAMAGED}")
+    stored = {k: getattr(row, k) for k in _STATS}
+    if not all(np.isclose(stored[k], v, rtol=1e-9, atol=0.0) for k, v in latency_stats(samples).items()
+               if k in stored):
+        raise StorageError(f"{where}: its summary columns do not match its samples; {DAMAGED}")
     return LatencyRecord(
         id=row.id, model_id=row.model_id, device_id=row.device_id, kind=row.kind, name=row.name,
         input_shape=parse_shape(row.input_shape), batch=row.batch, dtype=row.dtype, n=row.n,
         mean_ms=row.mean_ms, std_ms=row.std_ms, min_ms=row.min_ms, p50_ms=row.p50_ms,
         p90_ms=row.p90_ms, p99_ms=row.p99_ms, max_ms=row.max_ms,
-        samples_ms=from_bytes(row.samples_ms, np.float64, (row.n,)), gflops=row.gflops,
+        samples_ms=samples, gflops=row.gflops,
         params=row.params, created=aware(row.created), predicted_ms=row.predicted_ms,
         noisy=bool(row.noisy), quality=row.quality, source=row.source or "measured",
         provenance=dict(row.provenance) if row.provenance is not None else None,

@@ -7,6 +7,7 @@ Records that carry numpy arrays compare by identity (`eq=False`): compare their 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +26,29 @@ LATENCY_KINDS = (*COMPONENT_KINDS, "path")
 # A latency row is measured on the device, or predicted (few-shot, profiling.fewshot) from
 # other devices' profiles; predicted rows are only read by callers that ask for them.
 LATENCY_SOURCES = ("measured", "predicted")
+
+
+NAME_MAX = 100
+NAME_RULE = (
+    f"1-{NAME_MAX} characters: letters, digits, spaces and . _ - + : @ ( ) #, starting with a "
+    "letter or digit, not ending in a space, not digits only"
+)
+_NAME_PATTERN = re.compile(rf"\w[\w .+:@()#-]{{0,{NAME_MAX - 1}}}")
+
+
+def check_name(value: object, *, field: str) -> str:
+    """A name a user gives (device, model, study): plain text that prints and queries safely.
+
+    Names end up in terminal tables, HTML, file names and `--model`/`--device` lookups: markup
+    characters, control characters or an all-digit name (read as an id) would break one of them.
+
+    Raises:
+        ValueError: naming `field` and the rule.
+    """
+    if not isinstance(value, str) or not _NAME_PATTERN.fullmatch(value) or value.endswith(" ") \
+            or value.isdigit():
+        raise ValueError(f"{field} must be {NAME_RULE}; got {value!r}")
+    return value
 
 
 def _set(obj: object, name: str, value: object) -> None:

@@ -86,8 +86,6 @@ def _sqlite_listeners(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         cursor.execute("PRAGMA foreign_keys = ON")
-        if engine.url.database not in (None, "", ":memory:"):
-            cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 
@@ -95,6 +93,25 @@ def _sqlite_listeners(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         readonly = conn.get_execution_options().get(_READONLY, False)
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def _use_wal(engine: Engine) -> None:
+    """Switch a recognised SQLite store to WAL (kept in the file, so once is enough).
+
+    Not done on connect: a file that turns out not to be a store must be left byte-identical,
+    and the journal mode lives in its header.
+    """
+    if engine.dialect.name != "sqlite" or sqlite_path(engine.url) is None:
+        return
+    raw = engine.raw_connection()  # autocommit DBAPI connection: the pragma needs no transaction
+    try:
+        cursor = raw.cursor()
+        mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+    finally:
+        raw.close()
 
 
 def make_engine(url: str | URL) -> Engine:
@@ -110,7 +127,13 @@ def make_engine(url: str | URL) -> Engine:
         raise StorageError(
             f"unsupported database in {display_url(parsed)!r}; use sqlite:///FILE or postgresql+psycopg2://..."
         ) from e
-    except (ArgumentError, ImportError) as e:
+    except ImportError as e:
+        raise StorageError(
+            f"cannot use store URL {display_url(parsed)!r}: its database driver is not installed "
+            f"({e}); use sqlite:///FILE, a file path, or postgresql+psycopg2://user@host/dbname "
+            "(pip install 'mess-dse[postgres]')"
+        ) from e
+    except ArgumentError as e:
         raise StorageError(f"cannot use store URL {display_url(parsed)!r}: {e}") from e
     return engine
 
@@ -156,8 +179,10 @@ def current_revision(engine: Engine) -> str | None:
         return ctx.get_current_revision()
 
 
-# Any constant: PostgreSQL processes that create or upgrade one store take turns on it.
+# Any constants: PostgreSQL processes that create or upgrade one store take turns on it; those
+# that set up a library's own tables in it (Optuna's) take turns on the second.
 _PG_MIGRATION_LOCK = 0x6D657373
+_PG_EXCLUSIVE_LOCK = 0x6D657374
 
 
 def _migrate(engine: Engine) -> None:
@@ -198,6 +223,7 @@ def upgrade(url: str) -> tuple[str | None, str]:
         before = _check_revision(engine, allow_old=True)
         if before != head_revision():
             _migrate(engine)
+        _use_wal(engine)
         return before, head_revision()
     except (OperationalError, SQLAlchemyError) as e:
         if isinstance(e, StorageError):
@@ -251,6 +277,7 @@ def open_store(url: str, *, create: bool = False) -> Engine:
                     f"{FILL_HINT}"
                 )
             _migrate(engine)
+        _use_wal(engine)
     except StorageError:
         engine.dispose()
         raise
@@ -260,6 +287,51 @@ def open_store(url: str, *, create: bool = False) -> Engine:
             raise StorageError(f"{path} is not a mess-dse store (not a SQLite file)") from e
         raise _connect_error(engine, e) from e
     return engine
+
+
+@contextmanager
+def exclusive(url: str) -> Iterator[None]:
+    """Hold a lock on the store that other processes taking it wait for, while the block runs.
+
+    For work another library does on its own connections and does not serialise itself:
+    Optuna creates its tables with a plain `create_all`, so several workers starting one study on
+    a new database race (duplicate tables or enum types). PostgreSQL: a transaction-scoped
+    advisory lock on a connection of our own. SQLite: `flock` on the database file, which
+    SQLite's own (fcntl) locks ignore, so the library's connections still write freely; nothing
+    is locked for an in-memory database or where `flock` does not exist.
+    """
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = sqlite_path(parsed)
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no cross-process lock to take
+            path = None
+        if path is None or not path.is_file():
+            yield
+            return
+        with path.open("rb") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return
+    engine = make_engine(parsed)
+    try:
+        try:
+            conn = engine.connect()
+            if conn.dialect.name == "postgresql":
+                conn.begin()
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_EXCLUSIVE_LOCK})
+        except SQLAlchemyError as e:
+            raise _connect_error(engine, e) from e
+        try:
+            yield
+        finally:
+            conn.close()  # ends the transaction, and with it the lock
+    finally:
+        engine.dispose()
 
 
 @contextmanager
@@ -274,6 +346,20 @@ def session_scope(engine: Engine, *, readonly: bool = False) -> Iterator[Session
             session.connection(execution_options={_READONLY: True})
         yield session
         session.commit()
+    except OperationalError as e:
+        # The database refused the work (a read-only file, a full disk, a lost server): one line.
+        session.rollback()
+        raise StorageError(
+            f"the store {display_url(engine.url)} refused the operation: "
+            f"{str(e.orig or e).splitlines()[0]}; nothing of it was written"
+        ) from e
+    except OverflowError as e:
+        # An id or count beyond the database's 64-bit integers (`--run 99999...`): no such row.
+        session.rollback()
+        raise StorageError(
+            f"a number is beyond what the store {display_url(engine.url)} holds ({e}): no row has "
+            "that id; `dse pareto` and `dse models` print the ids"
+        ) from e
     except BaseException:
         session.rollback()
         raise

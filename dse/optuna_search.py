@@ -11,11 +11,14 @@ study stays in memory: the search run and its candidates are what the store keep
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
 import optuna
+from sqlalchemy.exc import SQLAlchemyError
 
+from db.session import exclusive
 from dse.constraints import Bounds, explain_empty
 from dse.errors import DseError
 from dse.evaluate import Evaluation, Evaluator
@@ -104,13 +107,18 @@ class OptunaSearcher:
         else:
             sampler = optuna.samplers.TPESampler(seed=self.seed)
         directions: list[Any] = [_DIRECTIONS[n] for n in objectives]
+        optuna.logging.set_verbosity(logging.WARNING)
+        # Optuna creates its tables without a lock: workers starting one study on a new
+        # database at once would race, so they take turns on the store until the study is open.
         try:
             storage = self.storage_url if self.study_name is not None else None
-            study = optuna.create_study(storage=storage, study_name=self.study_name,
-                                        sampler=sampler, directions=directions,
-                                        load_if_exists=self.study_name is not None)
-        except (ValueError, optuna.exceptions.OptunaError) as exc:
-            raise DseError(f"cannot open Optuna study {self.study_name!r}: {exc}") from exc
+            with exclusive(storage) if storage is not None else nullcontext():
+                study = optuna.create_study(storage=storage, study_name=self.study_name,
+                                            sampler=sampler, directions=directions,
+                                            load_if_exists=self.study_name is not None)
+        except (ValueError, optuna.exceptions.OptunaError, SQLAlchemyError) as exc:
+            first = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise DseError(f"cannot open Optuna study {self.study_name!r}: {first}") from exc
         if [d.name.lower() for d in study.directions] != directions:
             raise DseError(f"study {self.study_name!r} optimises other objectives; "
                            "use another --study name")

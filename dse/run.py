@@ -26,6 +26,7 @@ from db.records import (
     DeviceRecord,
     ModelRecord,
     SearchRunRecord,
+    check_name,
 )
 from db.session import session_scope
 from db.trust import LatencyTrust, latency_trust
@@ -80,7 +81,9 @@ class SearchRequest:
             raise ValueError(f"objectives must be two or more distinct names of "
                              f"{', '.join(OBJECTIVES)}, got {','.join(self.objectives)}")
         if self.n_jobs < 1 or self.max_front < 1:
-            raise ValueError("n_jobs and max_front must be >= 1")
+            raise ValueError("workers (n_jobs) and fronts (max_front) must be >= 1")
+        if self.study is not None:
+            check_name(self.study, field="study")
         if self.per_exit_thresholds and self.method != "optuna":
             raise ValueError("per_exit_thresholds: only the optuna method searches per-exit "
                              "thresholds (the exhaustive space would explode)")

@@ -78,8 +78,12 @@ def read_candidate(engine: Engine, run_id: int, index: int) -> StoredCandidate:
                            policy=ExitPolicy.from_settings(dict(profile.settings)))
 
 
-def candidate_network(stored: StoredCandidate, checkpoint: Path | None) -> MessNetwork:
+def candidate_network(stored: StoredCandidate, checkpoint: Path | None, *,
+                      arch_trust: str | None = None) -> MessNetwork:
     """Load the checkpoint the run was searched on, checking its weights.
+
+    `arch_trust`: the traced `fx:` architecture the user allows the checkpoint to build (see
+    `training.checkpoint.load_checkpoint`); registered architectures need none.
 
     Raises:
         ProfilingError: no checkpoint given, a missing file, or other weights.
@@ -93,7 +97,7 @@ def candidate_network(stored: StoredCandidate, checkpoint: Path | None) -> MessN
         )
     if not checkpoint.is_file():
         raise ProfilingError(f"checkpoint {checkpoint} does not exist; give the file `dse train` wrote")
-    network, _meta = load_checkpoint(checkpoint)
+    network, _meta = load_checkpoint(checkpoint, trust_arch=arch_trust)
     sha = weights_sha256(network)
     if sha != model.weights_sha256:
         raise ProfilingError(
@@ -124,6 +128,7 @@ class ExportRequest:
     fmt: str
     out: Path | None
     compute: str = "cpu"  # where the module is built, scripted or traced
+    arch_trust: str | None = None  # a traced fx: architecture the user allows the checkpoint
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,7 +158,7 @@ def run_export(db: str, request: ExportRequest) -> ExportOutcome:
         check_onnx_available()
     device = resolve_device(request.compute)
     stored = _read(db, request.run, request.candidate)
-    network = candidate_network(stored, request.checkpoint)
+    network = candidate_network(stored, request.checkpoint, arch_trust=request.arch_trust)
     module = candidate_cascade(network, stored).to(device)
     example = torch.zeros(1, 3, *stored.input_size, device=device)
     written = export_cascade(module, fmt=request.fmt, out=request.out,
@@ -180,6 +185,7 @@ class VerifyRequest:
     compute: str | None = None  # None: the run's device kind (its fingerprint's "compute")
     # None: the runtime the run's device was profiled with; given, it must be that one.
     runtime: str | None = None
+    arch_trust: str | None = None  # a traced fx: architecture the user allows the checkpoint
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,7 +203,7 @@ def run_verify(db: str, request: VerifyRequest, *,
             wrong checkpoint. StorageError: the store or the run.
     """
     stored = _read(db, request.run, request.candidate)
-    network = candidate_network(stored, request.checkpoint)
+    network = candidate_network(stored, request.checkpoint, arch_trust=request.arch_trust)
     target = DeployTarget.of(stored, runtime=request.runtime, compute=request.compute)
     warnings = _check_device(dict(stored.run.device_fingerprint), target.fingerprint(),
                              device_name=stored.run.device_name, force=request.force)

@@ -120,11 +120,11 @@ def check_input_size(network: MessNetwork, input_size: tuple[int, int], device: 
             f"the network cannot take input size {h}x{w}: its deepest stride is {stride}; "
             f"use --input-size of at least {stride}x{stride}"
         )
-    x = torch.zeros(1, 3, h, w, device=device, dtype=dtype)
     try:
+        x = torch.zeros(1, 3, h, w, device=device, dtype=dtype)
         with torch.inference_mode():
             network.forward_native(x)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, MemoryError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ProfilingError(
             f"the network cannot take input size {h}x{w} ({first}); try another --input-size"

@@ -19,7 +19,7 @@ import torch
 from sqlalchemy import Engine
 
 from db import repository
-from db.records import ExitInput, ExitSummary
+from db.records import ExitInput, ExitSummary, check_name
 from db.session import open_store, session_scope
 from profiling.accuracy import AccuracyResult, AccuracySettings, check_compatible, profile_accuracy
 from profiling.backends import TimingBackend, TimingProtocol
@@ -66,6 +66,8 @@ class ProfileRequest:
         timing: warm-up, repeats and minimum time per component.
         batch: batch of the latency pass; batch_size: images per forward of the accuracy pass.
         name: model name in the store (None: the checkpoint's file name).
+        arch_trust: the traced `fx:` architecture the checkpoint may build (it imports and runs
+            code, so only when the user names it; see `training.checkpoint.load_checkpoint`).
         policy: the exit policy to profile (None: the network's own decision, the default).
         backend, protocol: timing backend and protocol of the latency pass (None: the
             `runtime`'s backend, interleaved with `timing`).
@@ -100,6 +102,7 @@ class ProfileRequest:
     runtime: str = "torch"
     optimization: str = "all"
     provider: str = "CPUExecutionProvider"
+    arch_trust: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))
@@ -112,6 +115,8 @@ class ProfileRequest:
             raise ValueError("threads: must be >= 1")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime: must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        check_name(self.device, field="device")
+        check_name(self.name if self.name is not None else self.checkpoint.stem, field="name")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,7 +201,7 @@ def run_profile(db: str, request: ProfileRequest, *,
     """
     if not request.accuracy and not request.latency:
         raise ProfilingError("nothing to do: --no-accuracy and --no-latency together; drop one")
-    network, meta = load_checkpoint(request.checkpoint)
+    network, meta = load_checkpoint(request.checkpoint, trust_arch=request.arch_trust)
     size = request.input_size or (int(meta["input_size"][0]), int(meta["input_size"][1]))
     torch_device = resolve_device(request.compute)
     torch_dtype = resolve_dtype(request.dtype, torch_device)

@@ -28,11 +28,13 @@ def load_factory(arch: str) -> Callable[..., nn.Module]:
     """`fx:package.module:callable` -> the callable (called with num_classes=N)."""
     spec = arch.removeprefix(FX_PREFIX)
     module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise TrainingError(f"a traced architecture is written fx:package.module:factory, got {arch!r}")
+    if not sep or not module_name or not attr or module_name.startswith("."):
+        raise TrainingError(
+            f"a traced architecture is written fx:package.module:factory (an absolute module name), got {arch!r}"
+        )
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, TypeError, ValueError, SyntaxError) as exc:
         raise TrainingError(f"cannot import {module_name!r} for {arch}: {exc}") from exc
     factory = getattr(module, attr, None)
     if not callable(factory):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from training._dataset import SegmentationDataset, _mix_seed
+from training.errors import TrainingError
 
 CLASS_NAMES = ("sky", "ground", "disc", "square", "stripes", "specks")
 _COLOURS = torch.tensor(
@@ -26,12 +27,24 @@ _COLOURS = torch.tensor(
     ]
 )
 _SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "calib": 4}
+SPLITS = tuple(_SPLIT_CODES)
+# Images a synthetic split may hold: generated on demand but cached decoded, so the bound keeps a
+# typo such as --limit 10**30 from filling memory.
+MAX_SIZE = 10_000
 
 
-def _split_code(split: str) -> int:
-    if split in _SPLIT_CODES:
-        return _SPLIT_CODES[split]
-    return _mix_seed(*split.encode()) % 1000 + 10
+def check_request(split: str, size: int) -> None:
+    """TrainingError unless `split` is a synthetic split and `size` within 1..MAX_SIZE.
+
+    Any other split name would silently draw new images (a typo makes a new calibration set).
+    """
+    if split not in _SPLIT_CODES:
+        raise TrainingError(f"the synthetic dataset has no split {split!r}; use one of {', '.join(SPLITS)}")
+    if not 1 <= size <= MAX_SIZE:
+        raise TrainingError(
+            f"synthetic split {split!r} asked for {size} images; it has at most {MAX_SIZE:,}: "
+            "lower --limit / the slice bounds"
+        )
 
 
 def _uniform(gen: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
@@ -117,11 +130,12 @@ class SyntheticDataset(SegmentationDataset):
         seed: int = 0,
         size: int = 64,
     ) -> None:
+        check_request(split, size)
         ids = [f"synthetic-s{seed}-{split}-{index:06d}" for index in range(size)]
         super().__init__(
             split=split, input_size=input_size, sample_ids=ids, augment=augment, seed=seed
         )
-        self._code = _split_code(split)
+        self._code = _SPLIT_CODES[split]
 
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(_mix_seed(self.seed, self._code, index))

@@ -69,6 +69,9 @@ def atomic_torch_save(obj: dict[str, Any], path: str | os.PathLike[str]) -> None
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        mask = os.umask(0)  # mkstemp makes 0o600; a checkpoint is as readable as any new file
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -134,10 +137,73 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return payload
 
 
+def trusted_arch(payload: dict[str, Any], path: str | os.PathLike[str], *,
+                 trust: tuple[str | None, ...] = ()) -> str:
+    """The checkpoint's architecture, if building it runs no code the user did not name.
+
+    A checkpoint is data: loading it must never import or call anything chosen by whoever wrote
+    the file. Registered architectures are built from the registry; a traced ``fx:module:factory``
+    architecture imports and calls that module, so it is built only when the user named exactly
+    that string (``--arch`` or ``--arch-trust``), passed here in ``trust``.
+    """
+    from training._fx import FX_PREFIX
+    from training.adapters import list_architectures
+
+    arch = payload.get("arch")
+    if not isinstance(arch, str) or not arch:
+        raise TrainingError(f"checkpoint {path} has no architecture name; it was not written by `dse train`")
+    if arch.startswith(FX_PREFIX):
+        if arch in trust:
+            return arch
+        raise TrainingError(
+            f"checkpoint {path} names the traced architecture {arch!r}, which would import and run "
+            f"Python code; a checkpoint never does that on its own: if you trust that code, pass "
+            f"--arch-trust {arch!r}"
+        )
+    if arch not in list_architectures():
+        raise TrainingError(
+            f"checkpoint {path} names the unknown architecture {arch!r}; it was written by another "
+            "mess-dse or edited (`dse inspect` lists the architectures this one builds)"
+        )
+    return arch
+
+
+_MAX_CLASSES = 4096  # far above any segmentation dataset; bounds what an edited file may allocate
+
+
+def _check_fields(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """The description fields have the types `save_checkpoint` writes, before anything is built."""
+
+    def strings(key: str) -> bool:
+        value = payload.get(key)
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    num_classes = payload.get("num_classes")
+    problems = [key for key in ("positions", "head_space", "exits") if not strings(key)]
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not 1 <= num_classes <= _MAX_CLASSES:
+        problems.append("num_classes")
+    size = payload.get("input_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        problems.append("input_size")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        problems.append("state_dict")
+    if not isinstance(payload.get("dataset"), str):
+        problems.append("dataset")
+    if problems:
+        raise TrainingError(
+            f"checkpoint {path} has missing or malformed fields ({', '.join(problems)}); it was not "
+            "written by `dse train` or was edited"
+        )
+
+
 def load_checkpoint(
-    path: str | os.PathLike[str], *, expect_arch: str | None = None
+    path: str | os.PathLike[str], *, expect_arch: str | None = None, trust_arch: str | None = None
 ) -> tuple[MessNetwork, dict[str, Any]]:
     """Rebuild the network a checkpoint describes and load its weights.
+
+    Registered architectures load as they are; a traced ``fx:`` architecture only when it equals
+    ``expect_arch`` or ``trust_arch`` (names the user gave), since building it runs its code.
 
     Returns:
         (network in eval mode, meta) where meta holds the stored meta plus ``arch``,
@@ -146,18 +212,25 @@ def load_checkpoint(
 
     Raises:
         TrainingError: missing file, foreign pickle, another architecture than ``expect_arch``,
-            weights that do not fit the described network.
+            an untrusted traced architecture, weights that do not fit the described network.
     """
     from training.adapters import build_network
 
     payload = read_checkpoint(path)
-    if expect_arch is not None and payload["arch"] != expect_arch:
+    if expect_arch is not None and payload.get("arch") != expect_arch:
         raise TrainingError(
-            f"checkpoint {path} is a '{payload['arch']}' network, not '{expect_arch}'; "
+            f"checkpoint {path} is a {payload.get('arch')!r} network, not {expect_arch!r}; "
             "pass the matching --arch or another checkpoint"
         )
+    if trust_arch is not None and payload.get("arch") != trust_arch:
+        raise TrainingError(
+            f"checkpoint {path} is a {payload.get('arch')!r} network, but --arch-trust names "
+            f"{trust_arch!r}; trust only the architecture the checkpoint names"
+        )
+    arch = trusted_arch(payload, path, trust=(expect_arch, trust_arch))
+    _check_fields(payload, path)
     network = build_network(
-        payload["arch"],
+        arch,
         num_classes=int(payload["num_classes"]),
         head_space=list(payload["head_space"]),
         positions=list(payload["positions"]),
@@ -171,7 +244,7 @@ def load_checkpoint(
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise TrainingError(
-            f"checkpoint {path} does not fit the '{payload['arch']}' network it describes ({first})"
+            f"checkpoint {path} does not fit the {arch!r} network it describes ({first})"
         ) from exc
     network.eval()
     meta = dict(payload.get("meta", {}))

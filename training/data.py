@@ -88,9 +88,10 @@ def build_dataset(
         input_size: (H, W) every sample is resized to.
         augment: random scale/crop/flip (training only).
         seed: synthetic content seed and augmentation seed.
-        size: number of samples (synthetic: required count, default 64; folders: first N). With a
-            selection: the first N selected images (synthetic generates each split up to the
-            first slice's stop, default 64).
+        size: number of samples (synthetic: required count, default 64, at most
+            `training._synthetic.MAX_SIZE`; folders: first N). With a selection: the first N
+            selected images (synthetic generates each split up to the first slice's stop, default
+            64; above MAX_SIZE is refused before anything is generated).
 
     Raises:
         TrainingError: unknown name, missing or malformed folder, labels out of range, a slice

@@ -149,15 +149,21 @@ def _network(
     request: TrainRequest, start: Path | None, num_classes: int
 ) -> tuple[MessNetwork, dict[str, Any]]:
     if start is None:
+        import torch
+
         from training.adapters import build_network
 
-        network = build_network(
-            request.arch,
-            num_classes=num_classes,
-            head_space=request.head_space,
-            positions=request.positions,
-            pretrained_backbone=request.pretrained_backbone,
-        )
+        # The initial weights (backbone parts and every head) come from --seed too, so two runs
+        # with one seed give bit-identical checkpoints; the caller's RNG state is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(request.base.seed)
+            network = build_network(
+                request.arch,
+                num_classes=num_classes,
+                head_space=request.head_space,
+                positions=request.positions,
+                pretrained_backbone=request.pretrained_backbone,
+            )
         return network, {}
     network, meta = load_checkpoint(start, expect_arch=request.arch)
     if network.num_classes != num_classes:

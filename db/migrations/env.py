@@ -26,6 +26,11 @@ def _configure(connection) -> None:  # noqa: ANN001
         version_table=VERSION_TABLE,
         include_object=_ours,
         render_as_batch=connection.dialect.name == "sqlite",
+        # One transaction for every step, SQLite included (its DDL is transactional; Alembic
+        # assumes not and would commit per step): a process creating or upgrading the store
+        # holds the write lock until the schema is current, so a racing process never sees an
+        # intermediate revision nor runs a step twice.
+        transactional_ddl=True,
     )
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.measure import Measurement
-from rich.progress import Progress
+from rich.progress import Progress, TextColumn
 from rich.table import Table
 from typer._click import ClickException  # typer vendors click; no separate package
 from typer._click.exceptions import NoArgsIsHelpError
@@ -29,8 +29,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Markup is off on both consoles, for every print: names, paths and messages (user strings, or
+# read from a store) are printed as they are, never parsed as rich markup (a name holding a lone
+# closing tag used to crash a command, a colour tag to style it). Style with rich.text.Text.
+# Progress columns and spinners parse their own text: build them with `plain_column` / Text.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 def _flag_type(self: TyperOption, ctx: Any) -> str | None:
@@ -106,6 +110,43 @@ JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per li
 ComputeOption = Annotated[
     str, typer.Option("--compute", help="Torch device to compute on: cpu or cuda[:N].")
 ]
+ArchTrustOption = Annotated[
+    str | None,
+    typer.Option(
+        "--arch-trust",
+        help="Allow a checkpoint's traced architecture fx:package.module:factory (imports and runs "
+        "that code); it must equal the one the checkpoint names.",
+    ),
+]
+
+
+def plain_column(text_format: str) -> TextColumn:
+    """A progress-bar text column that shows its fields as they are (no markup parsing)."""
+    return TextColumn(text_format, markup=False)
+
+
+def refuse_empty(**options: str | None) -> None:
+    """DseError for an option given as an empty string, which would otherwise mean its default.
+
+    Keys are option names without dashes and with `_` for `-` (data_root -> --data-root).
+    """
+    for key, value in options.items():
+        if value is not None and not str(value).strip():
+            flag = "--" + key.replace("_", "-")
+            raise DseError(f"{flag} is empty; give a value or leave the option out")
+
+
+def check_user_name(value: str, option: str) -> str:
+    """A name the user gives for the store (device, model, study): DseError naming the option."""
+    from db.records import check_name
+
+    try:
+        return check_name(value, field=option)
+    except ValueError as exc:
+        raise DseError(str(exc)) from exc
+
+
+MAX_INPUT_SIDE = 8192  # above any segmentation benchmark (Cityscapes: 1024x2048); bounds memory
 
 
 def fits(table: Table) -> bool:
@@ -135,7 +176,15 @@ def parse_input_size(text: str, *, minimum: int = 1, square_ok: bool = False) ->
         raise DseError(f"--input-size must be {form} such as 64x64, got {text!r}")
     if min(sizes) < minimum:
         raise DseError(f"--input-size {text} is too small: use at least {minimum}x{minimum}")
+    if max(sizes) > MAX_INPUT_SIDE:
+        raise DseError(f"--input-size {text} is too large: use at most {MAX_INPUT_SIDE} per side")
     return sizes[0], sizes[1]
+
+
+def one_line(text: str) -> str:
+    """A message as one printable line: control characters (newlines, escape sequences) that a
+    user value carried into it are shown escaped, never acted on by the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text.strip())
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -170,11 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(exc.format_message())
         return 0
     except ClickException as exc:  # usage errors (a bad choice, a missing option): one line too
-        err_console.print(f"error: {_usage_message(exc)}", markup=False, highlight=False,
+        err_console.print(f"error: {one_line(_usage_message(exc))}", markup=False, highlight=False,
                           soft_wrap=True)
         return exc.exit_code
     except _user_errors() as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {one_line(str(exc))}", markup=False, highlight=False,
+                          soft_wrap=True)
         # 2: a user mistake; an error class may set another code (3: an untrustworthy
         # measurement, nothing stored; profiling.verdict.UnstableProfileError)
         return int(getattr(exc, "exit_code", 2))

@@ -9,12 +9,14 @@ from typing import Annotated, Any, Literal
 import typer
 
 from dse.cli._app import (
+    ArchTrustOption,
     ComputeOption,
     DbOption,
     JsonOption,
     app,
     console,
     err_console,
+    refuse_empty,
     step_progress,
 )
 
@@ -40,6 +42,7 @@ def export_command(
     out: Annotated[Path | None, typer.Option("--out", help="File (folder for onnx) to write.")]
     = None,
     checkpoint: CheckpointOption = None,
+    arch_trust: ArchTrustOption = None,
     compute: ComputeOption = "cpu",
     db: DbOption = "sqlite:///mess.db",
     json_output: JsonOption = False,
@@ -48,7 +51,8 @@ def export_command(
     from profiling.deploy import ExportRequest, run_export
 
     outcome = run_export(db, ExportRequest(run=run, candidate=candidate, checkpoint=checkpoint,
-                                           fmt=fmt, out=out, compute=compute))
+                                           fmt=fmt, out=out, compute=compute,
+                                           arch_trust=arch_trust))
     if json_output:
         print(json.dumps({"run": run, "candidate": candidate, "format": fmt,
                           "files": [str(p) for p in outcome.files],
@@ -65,6 +69,7 @@ def verify_command(
     run: RunOption,
     candidate: CandidateOption,
     checkpoint: CheckpointOption = None,
+    arch_trust: ArchTrustOption = None,
     data: Annotated[str | None, typer.Option("--data", help="Dataset (default: calibration).")]
     = None,
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Dataset folder.")] = None,
@@ -72,7 +77,7 @@ def verify_command(
     = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="First N images only.")]
     = None,
-    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed rounds over the images (each image once per round).")] = 5,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, max=100_000, help="Timed rounds over the images (each image once per round).")] = 5,
     force: Annotated[bool, typer.Option("--force", help="Run on another device anyway.")]
     = False,
     compute: Annotated[
@@ -89,9 +94,12 @@ def verify_command(
     """Run a searched configuration for real and compare with its prediction."""
     from profiling.deploy import VerifyRequest, run_verify
 
+    refuse_empty(data=data, data_root=None if data_root is None else str(data_root), split=split,
+                 arch_trust=arch_trust)
     request = VerifyRequest(run=run, candidate=candidate, checkpoint=checkpoint, data=data,
                             data_root=data_root, split=split, limit=limit, repeat=repeat,
-                            force=force, compute=compute, runtime=runtime)
+                            force=force, compute=compute, runtime=runtime,
+                            arch_trust=arch_trust)
     with step_progress("verifying", disable=json_output) as bar:
         outcome = run_verify(db, request, progress=bar)
     for note in outcome.warnings:
@@ -102,8 +110,10 @@ def verify_command(
     _print_report(run, candidate, outcome.comparison)
 
 
-def _verdict(ok: bool | None) -> str:
-    return {True: "[green]ok[/]", False: "[red]off[/]", None: "-"}[ok]
+def _verdict(ok: bool | None) -> Any:
+    from rich.text import Text
+
+    return {True: Text("ok", style="green"), False: Text("off", style="red"), None: Text("-")}[ok]
 
 
 def _print_report(run: int, candidate: int, result: Any) -> None:

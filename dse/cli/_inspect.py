@@ -12,26 +12,30 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from dse.cli._app import JsonOption, app, console, err_console, parse_input_size
+from dse.errors import DseError
 
 # training types (MessNetwork, Component) are not imported here: the CLI imports torch lazily.
 MessNetwork = Any
 Component = Any
 
 
-def _split(text: str | None) -> list[str] | None:
+def _split(text: str | None, option: str) -> list[str] | None:
     if text is None:
         return None
     items = [t.strip() for t in text.split(",") if t.strip()]
-    return items or None
+    if not items:
+        raise DseError(f"{option} is empty; give comma-separated names or leave the option out")
+    return items
 
 
 @app.command("inspect")
 def inspect_command(
     arch: Annotated[str, typer.Argument(help="Architecture, e.g. deeplabv3_resnet50 (see the error for the list).")],
     input_size: Annotated[str, typer.Option("--input-size", help="HxW of the costed input.")] = "512x512",
-    num_classes: Annotated[int, typer.Option("--num-classes", min=1, help="Output classes.")] = 21,
+    num_classes: Annotated[int, typer.Option("--num-classes", min=1, max=4096, help="Output classes.")] = 21,
     heads: Annotated[
         str | None, typer.Option("--heads", help="Comma-separated head ids instead of the default space.")
     ] = None,
@@ -45,9 +49,10 @@ def inspect_command(
     from training.flops import network_components
 
     size = parse_input_size(input_size, minimum=16, square_ok=True)
-    with err_console.status(f"costing {arch} at {size[0]}x{size[1]}..."):
+    with err_console.status(Text(f"costing {arch} at {size[0]}x{size[1]}...")):
         network = build_network(
-            arch, num_classes=num_classes, head_space=_split(heads), positions=_split(positions), device="meta"
+            arch, num_classes=num_classes, head_space=_split(heads, "--heads"),
+            positions=_split(positions, "--positions"), device="meta"
         )
         components = network_components(network, size)
     if json_output:

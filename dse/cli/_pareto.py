@@ -15,6 +15,7 @@ from dse.cli._app import (
     DbOption,
     JsonOption,
     app,
+    check_user_name,
     console,
     err_console,
     fits,
@@ -27,13 +28,21 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
     if text is None:
         return None
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError as exc:
         raise DseError(f"{option} takes comma-separated numbers, got {text!r}") from exc
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise DseError(f"{option} takes comma-separated numbers in [0, 1], got {text!r}")
+    return values
 
 
-def _names(text: str | None) -> tuple[str, ...] | None:
-    return None if text is None else tuple(v.strip() for v in text.split(",") if v.strip())
+def _names(text: str | None, option: str) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not names:
+        raise DseError(f"{option} is empty; give comma-separated names or leave the option out")
+    return names
 
 
 @app.command("pareto")
@@ -54,10 +63,10 @@ def pareto_command(
     min_miou: Annotated[str | None, typer.Option("--min-miou", metavar="PERCENT", help="Minimum mIoU in percent: 70 or 70% (a fraction such as 0.7 also works).")] = None,
     max_gflops: Annotated[float | None, typer.Option("--max-gflops", help="Compute budget: mean GFLOPs per image (one multiply-add = one FLOP).")] = None,
     target: Annotated[Literal["accuracy", "speed"] | None, typer.Option("--target", help="accuracy (max mIoU at <= baseline cost) | speed (min latency within --max-drop-pp, default 0.1)")] = None,
-    fronts: Annotated[int, typer.Option("--fronts", help="Fronts to keep and store.")] = 3,
-    workers: Annotated[int, typer.Option("--workers", help="joblib workers (exhaustive).")] = 1,
+    fronts: Annotated[int, typer.Option("--fronts", min=1, max=1000, help="Fronts to keep and store.")] = 3,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=1024, help="joblib workers (exhaustive).")] = 1,
     study: Annotated[str | None, typer.Option("--study", help="Optuna study to create or join in the --db database (several machines can share one); without it the study stays in memory.")] = None,
-    trials: Annotated[int, typer.Option("--trials", help="Optuna trials in this process.")] = 500,
+    trials: Annotated[int, typer.Option("--trials", min=1, max=10_000_000, help="Optuna trials in this process.")] = 500,
     seed: Annotated[int, typer.Option("--seed", help="Seed of Optuna's sampler (the exhaustive search needs none).")] = 0,
     calibration: Annotated[str | None, typer.Option("--calibration", help="Calibration set to select on: id or split, e.g. 'val[::2]' (default: the newest profiled).")] = None,
     check_on: Annotated[str | None, typer.Option("--check-on", help="Score front 1 on another stored calibration set (id or split, e.g. 'val[1::2]').")] = None,
@@ -76,6 +85,8 @@ def pareto_command(
     from dse.run import SearchRequest, run_search
     from dse.uncertainty import BootstrapSettings, check_probability
 
+    if study is not None:
+        check_user_name(study, "--study")
     try:
         check_probability(interval, "--interval")
         if confidence is not None:
@@ -86,8 +97,8 @@ def pareto_command(
                     if bootstrap else None)
         request = SearchRequest(
             device=device, model=model, method=method,
-            objectives=_names(objectives) or (), max_exits=max_exits,
-            positions=_names(positions), heads=_names(heads),
+            objectives=_names(objectives, "--objectives") or (), max_exits=max_exits,
+            positions=_names(positions, "--positions"), heads=_names(heads, "--heads"),
             th_pix=_floats(th_pix, "--th-pix"), th_img=_floats(th_img, "--th-img"), mode=mode,
             per_exit_thresholds=per_exit_thresholds,
             constraints=Constraints(max_latency_ms=max_latency_ms, max_drop_pp=max_drop_pp,

@@ -10,18 +10,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from dse.cli._app import (
     DEFAULT_DB,
+    ArchTrustOption,
     ComputeOption,
     DbOption,
     JsonOption,
     app,
+    check_user_name,
     console,
     err_console,
     parse_input_size,
+    plain_column,
+    refuse_empty,
 )
 from dse.errors import DseError
 
@@ -31,8 +35,8 @@ if TYPE_CHECKING:
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[step]}"), TimeRemainingColumn(elapsed_when_finished=True),
+        plain_column("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        plain_column("{task.fields[step]}"), TimeRemainingColumn(elapsed_when_finished=True),
         console=err_console, transient=False,
     )
 
@@ -62,15 +66,15 @@ def profile_command(
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Latency profile on this machine.")] = True,
     compute: ComputeOption = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="float32, or float16 on CUDA.")] = "float32",
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch (or ONNX Runtime intra-op) threads (default: torch's).")] = None,
-    repeat: Annotated[int, typer.Option("--repeat", help="Timed rounds (every component once per round, in cascade order).")] = 20,
-    min_time: Annotated[float, typer.Option("--min-time", help="Keep taking rounds until their timed work adds up to this many seconds.")] = 0.0,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed rounds first.")] = 3,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=1024, help="Torch (or ONNX Runtime intra-op) threads (default: torch's).")] = None,
+    repeat: Annotated[int, typer.Option("--repeat", max=100_000, help="Timed rounds (every component once per round, in cascade order).")] = 20,
+    min_time: Annotated[float, typer.Option("--min-time", max=3600.0, help="Keep taking rounds until their timed work adds up to this many seconds.")] = 0.0,
+    warmup: Annotated[int, typer.Option("--warmup", max=10_000, help="Untimed rounds first.")] = 3,
     stability: Annotated[float, typer.Option("--stability-threshold", help="Largest allowed spread of a component's runs, IQR / median, in (0, 1).")] = 0.10,
-    remeasure: Annotated[int, typer.Option("--remeasure", help="Extra passes over unstable components before giving up.")] = 2,
+    remeasure: Annotated[int, typer.Option("--remeasure", max=100, help="Extra passes over unstable components before giving up.")] = 2,
     keep_noisy: Annotated[bool, typer.Option("--keep-noisy", help="Store a run that failed its stability or closed-loop checks, marked noisy, instead of refusing it.")] = False,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size of the latency profile.")] = 1,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward in the accuracy pass.")] = 8,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=1024, help="Batch size of the latency profile.")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=1024, help="Images per forward in the accuracy pass.")] = 8,
     name: Annotated[str | None, typer.Option("--name", help="Model name in the store (default: checkpoint file name).")] = None,
     runtime: Annotated[str, typer.Option(
         "--runtime", help="torch (eager) or onnxruntime (every component as ONNX).")] = "torch",
@@ -82,10 +86,14 @@ def profile_command(
         "--import", help="Store the results file a probe pack's probe.py wrote on a device.")] = None,
     pack: Annotated[Path | None, typer.Option(
         "--pack", help="With --import: the pack folder (default: the one holding RESULTS).")] = None,
+    arch_trust: ArchTrustOption = None,
     db: DbOption = DEFAULT_DB,
     json_output: JsonOption = False,
 ) -> None:
     """Profile a checkpoint: accuracy on a calibration split, then latency on this machine."""
+    refuse_empty(data=data, data_root=data_root, input_size=input_size, arch_trust=arch_trust)
+    # Names go into the store and onto every table: checked at the door, before any work.
+    check_user_name(device, "--device")
     if import_results is not None:
         if checkpoint is not None:
             raise DseError("--import stores a probe's results and takes no --checkpoint "
@@ -101,6 +109,8 @@ def profile_command(
         raise DseError("--pack goes with --import RESULTS")
     if checkpoint is None:
         raise DseError("give --checkpoint CKPT (or --import RESULTS for a probe's results)")
+    check_user_name(name if name is not None else checkpoint.stem,
+                    "--name (default: the checkpoint's file name)")
     from profiling.run import RUNTIMES, ProfileRequest, run_profile
 
     if runtime not in RUNTIMES:
@@ -114,6 +124,7 @@ def profile_command(
                                stability=stability, remeasure=remeasure),
         batch=batch, batch_size=batch_size, name=name, keep_noisy=keep_noisy,
         runtime=runtime, optimization=optimization, provider=provider,
+        arch_trust=arch_trust,
     )
     with ProfileBars() as bars:
         outcome = run_profile(db, request, progress=bars.advance, warn=_warn)

@@ -17,7 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from db.records import FINAL_EXIT
-from dse.cli._app import JsonOption, app, console, err_console, parse_input_size
+from dse.cli._app import JsonOption, app, console, err_console, parse_input_size, plain_column
 from dse.errors import DseError
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class TrainBars:
     def __init__(self, *, json_lines: bool) -> None:
         self.json_lines = json_lines
         self.bar = Progress(
-            TextColumn("{task.description}"),
+            plain_column("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}"),

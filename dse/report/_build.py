@@ -6,6 +6,7 @@ failed run never leaves a half-written report.
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Sequence
@@ -68,14 +69,69 @@ def build_report_data(session: Session, run_ids: Sequence[int]) -> ReportData:
     return ReportData(runs=tuple(runs))
 
 
+def _file_mode() -> int:
+    """What a plain open() would create: 0o666 less the umask (mkstemp makes 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files of `path` left by a writer that was killed (SIGKILL skips every cleanup).
+
+    Each temp name carries its writer's pid, so only files of processes that no longer run are
+    removed, never the one a concurrent writer is filling.
+    """
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 def _open_temp(path: Path) -> tuple[int, str]:
     """A temp file next to `path` (same filesystem, so os.replace is atomic)."""
     try:
-        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _remove_stale_temps(path)
+        return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise DseError(
             f"cannot write in {path.parent} ({exc.strerror or exc}); choose another output path"
         ) from exc
+
+
+_HTML_STARTS = (b"<!doctype html", b"<html")
+
+
+def _check_replaceable(path: Path) -> None:
+    """An existing output may only be an earlier report: the write replaces the file.
+
+    Anything else is refused: a device (`/dev/null` would become a plain file), a link, a store
+    or checkpoint, a system file that a mistyped path names.
+    """
+    if path.is_symlink() or not path.is_file():
+        raise DseError(f"output path {path} exists and is not a plain file; choose another output path")
+    if not os.access(path, os.W_OK):
+        raise DseError(f"output file {path} is not writable; choose another output path")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(64).lstrip().lower()
+    except OSError as exc:
+        raise DseError(f"cannot read {path} ({exc.strerror or exc}); choose another output path") from exc
+    if not head.startswith(_HTML_STARTS):
+        raise DseError(
+            f"output file {path} exists and is not an HTML report; remove it or choose another "
+            "output path (only an earlier report is replaced)"
+        )
 
 
 def check_output_path(out_path: str | os.PathLike[str]) -> Path:
@@ -91,8 +147,8 @@ def check_output_path(out_path: str | os.PathLike[str]) -> Path:
         raise DseError(
             f"output folder {path.parent} does not exist; create it first or choose another output path"
         )
-    if path.exists() and not os.access(path, os.W_OK):
-        raise DseError(f"output file {path} is not writable; choose another output path")
+    if path.exists() or path.is_symlink():
+        _check_replaceable(path)
     fd, tmp = _open_temp(path)
     os.close(fd)
     os.unlink(tmp)
@@ -113,11 +169,12 @@ def write_report(session: Session, run_ids: Sequence[int], out_path: str | os.Pa
         StorageError: a run is missing from the store.
     """
     path = check_output_path(out_path)
+    page = render_report(build_report_data(session, run_ids))  # before the temp file exists
     fd, tmp = _open_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(render_report(build_report_data(session, run_ids)))
-        os.chmod(tmp, 0o644)
+            fh.write(page)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -11,15 +11,20 @@ SHA_A = "a" * 64
 SHA_B = "b" * 64
 
 
-def chunk(rng: np.random.Generator, exit_ids, n: int, classes: int = 3, bins: int = 4):
-    """Random counts for `n` images of every exit."""
-    return {
-        e: ExitArrays(
-            tp=rng.integers(0, 50, (n, classes)), fp=rng.integers(0, 50, (n, classes)),
-            fn=rng.integers(0, 50, (n, classes)), hist=rng.integers(0, 50, (n, bins)),
-        )
-        for e in exit_ids
-    }
+def chunk(rng: np.random.Generator, exit_ids, n: int, classes: int = 3, bins: int = 4,
+          pixels: int = 64):
+    """Random but plausible counts for `n` images of every exit: one ground truth per image
+    (tp + fn the same at every exit), misses counted again as false positives elsewhere, and
+    histograms over `pixels` pixels (the store refuses counts no network could produce)."""
+    truth = rng.multinomial(pixels, np.full(classes, 1 / classes), size=n)
+    out = {}
+    for e in exit_ids:
+        tp = rng.binomial(truth, rng.uniform(0.2, 0.9))
+        fn = truth - tp
+        fp = np.stack([rng.multinomial(int(m), np.full(classes, 1 / classes)) for m in fn.sum(axis=1)])
+        hist = rng.multinomial(pixels, np.full(bins, 1 / bins), size=n)
+        out[e] = ExitArrays(tp=tp, fp=fp, fn=fn, hist=hist)
+    return out
 
 
 def fill(engine, *, sha: str = SHA_A, device: str = "cpu-box", seed: int = 0) -> dict[str, int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
-from sqlalchemy.exc import OperationalError
 from store_helpers import SHA_A, fill
 
 from db import StorageError, open_store, session_scope, upgrade
@@ -160,7 +159,7 @@ def test_readonly_scope_reads_while_a_writer_holds_the_lock(tmp_path, monkeypatc
         repo.upsert_device(w, name="cpu", fingerprint={})  # holds the write lock until commit
         with session_scope(reader_engine, readonly=True) as r:
             assert repo.list_devices(r) == []  # sees the last commit, does not wait
-        with pytest.raises(OperationalError, match="locked"), session_scope(reader_engine) as r2:
+        with pytest.raises(StorageError, match="locked"), session_scope(reader_engine) as r2:
             repo.list_devices(r2)  # a write transaction queues behind the writer
     with session_scope(reader_engine, readonly=True) as r:
         assert [d.name for d in repo.list_devices(r)] == ["cpu"]
