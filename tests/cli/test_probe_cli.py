@@ -5,25 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from dse.cli import main
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from training.adapters import build_network
-    from training.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    net = build_network("fcn_resnet18", num_classes=6, head_space=["nocrm-b0-fcn"],
-                        positions=["layer1.1", "layer3.1"])
-    save_checkpoint(path, net, meta={"input_size": [32, 32], "dataset": "synthetic"})
-    return path
 
 
 @pytest.fixture(scope="module")

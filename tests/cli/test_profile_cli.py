@@ -9,20 +9,6 @@ import torch
 
 from dse.cli import main
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from training.adapters import build_network
-    from training.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    net = build_network("fcn_resnet18", num_classes=6, head_space=["nocrm-b0-fcn"],
-                        positions=["layer1.1", "layer3.1"])
-    save_checkpoint(path, net, meta={"input_size": [32, 32], "dataset": "synthetic"})
-    return path
-
-
 # --keep-noisy: the machine running the tests is rarely quiet; the verdict is checked elsewhere
 # (tests/profiling/test_latency.py, with an injected clock and load)
 FAST = ["--limit", "4", "--repeat", "2", "--warmup", "0", "--threads", "1", "--keep-noisy"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from dse.cli import main
 
@@ -14,19 +13,6 @@ pytest.importorskip("onnxruntime")
 
 # --keep-noisy: the machine running the tests is rarely quiet; the verdict is checked elsewhere
 FAST = ["--repeat", "2", "--warmup", "0", "--threads", "1", "--keep-noisy"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from training.adapters import build_network
-    from training.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    net = build_network("fcn_resnet18", num_classes=6, head_space=["nocrm-b0-fcn"],
-                        positions=["layer1.1", "layer3.1"])
-    save_checkpoint(path, net, meta={"input_size": [32, 32], "dataset": "synthetic"})
-    return path
 
 
 def _noisy_components(db: str) -> int:
