@@ -60,7 +60,8 @@ def profile(args: argparse.Namespace, name: str, runtime: str, threads: int, *,
 
     before = load()
     outcome = run_profile(args.db, ProfileRequest(
-        checkpoint=Path(args.checkpoint), device=name, data="synthetic", split="calib",
+        checkpoint=Path(args.checkpoint), device=name, data=args.data, data_root=args.data_root,
+        split=args.split,
         limit=args.calib, accuracy=accuracy, threads=threads, runtime=runtime, name=args.name,
         timing=TimingSettings(warmup=3, repeat=args.repeat), keep_noisy=True))
     lat = outcome.latency
@@ -147,15 +148,15 @@ def measure(args: argparse.Namespace, network: Any, stored_cand: Any, runtime: s
         ort = runtime_settings(threads=threads) if runtime == "onnxruntime" else None
         target = replace(target, runtime=runtime, threads=threads, ort=ort,
                          device=torch.device("cpu"), dtype=torch.float32)
-    dataset = build_dataset("synthetic", split="calib", input_size=stored_cand.input_size,
-                            size=args.limit)
+    dataset = build_dataset(args.data, split=args.split, input_size=stored_cand.input_size,
+                            size=args.limit, root=args.data_root)
     module = target.module(network, stored_cand)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         measured = measure_cascade(
             module, dataset, exit_ids=module.exit_ids, num_classes=int(network.num_classes),
-            device=target.device, dtype=target.dtype, dataset_name="synthetic", split="calib",
+            device=target.device, dtype=target.dtype, dataset_name=args.data, split=args.split,
             device_name="here", timing=TimingSettings(warmup=0, repeat=args.verify_repeat))
     finally:
         torch.set_num_threads(previous)
@@ -179,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", required=True, help="store file (created)")
     parser.add_argument("--out", required=True, help="folder for the probe pack")
     parser.add_argument("--name", default="runtimes-bench", help="model name in the store")
-    parser.add_argument("--calib", type=int, default=200, help="calibration images (synthetic)")
+    parser.add_argument("--data", default="synthetic", help="calibration data (synthetic, camvid)")
+    parser.add_argument("--data-root", default=None, help="folder of --data camvid")
+    parser.add_argument("--split", default="calib", help="calibration split (camvid: val)")
+    parser.add_argument("--calib", type=int, default=200, help="calibration images")
     parser.add_argument("--limit", type=int, default=50, help="images per latency measurement")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per component")
     parser.add_argument("--verify-repeat", type=int, default=5, help="timed runs per image")
