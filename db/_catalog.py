@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -241,11 +242,13 @@ def list_devices(s: Session) -> list[DeviceRecord]:
 
 
 def get_device(s: Session, ref: int | str) -> DeviceRecord:
-    """A device by id or by name (the newest fingerprint for that name)."""
+    """A device by id (an int or all digits: names never are) or by name (the newest
+    fingerprint for that name; `select_device` says when the name has several setups)."""
     row: Device | None = None
-    if isinstance(ref, int):
-        row = s.get(Device, ref)
-    else:
+    text = str(ref).strip()
+    if isinstance(ref, int) or text.isdigit():
+        row = s.get(Device, int(text))
+    if row is None and not isinstance(ref, int):
         row = s.scalars(select(Device).where(Device.name == ref).order_by(Device.id.desc())).first()
     if row is None:
         names = list(s.scalars(select(Device.name).distinct()).all())
@@ -256,6 +259,97 @@ def get_device(s: Session, ref: int | str) -> DeviceRecord:
             "`dse profile --device NAME` measures a new one"
         )
     return _device_record(row)
+
+
+def device_runtime(fingerprint: Mapping[str, Any]) -> str:
+    """The runtime a device's timings were taken with: torch eager fingerprints have no
+    ``runtime`` key (they predate the others)."""
+    return str(fingerprint.get("runtime") or "torch")
+
+
+def runtime_label(fingerprint: Mapping[str, Any]) -> str:
+    """The setup timings rest on, in a few words: ``torch 2.14.1 (2 threads)``,
+    ``onnxruntime 1.32.0 (1 thread, opt all)`` (not escaped)."""
+    runtime = device_runtime(fingerprint)
+    version = fingerprint.get(runtime)
+    parts = []
+    compute, provider = fingerprint.get("compute"), fingerprint.get("provider")
+    if compute not in (None, "cpu"):
+        parts.append(str(compute))
+    if provider not in (None, "CPUExecutionProvider"):
+        parts.append(str(provider))
+    threads = fingerprint.get("threads")
+    if isinstance(threads, int) and not isinstance(threads, bool):
+        parts.append(f"{threads} thread{'' if threads == 1 else 's'}")
+    if fingerprint.get("graph_optimization") is not None:
+        parts.append(f"opt {fingerprint['graph_optimization']}")
+    head = f"{runtime} {version}" if isinstance(version, str) and version else runtime
+    return f"{head} ({', '.join(parts)})" if parts else head
+
+
+def names_with_several_setups(devices: Iterable[tuple[str, int]]) -> set[str]:
+    """The names that come with more than one device id among (name, id) pairs: listings and
+    reports name the setup of those, so one machine's runtimes read like two devices."""
+    ids: dict[str, set[int]] = {}
+    for name, device_id in devices:
+        ids.setdefault(name, set()).add(device_id)
+    return {name for name, found in ids.items() if len(found) > 1}
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """The device a name (and runtime) selects, and a note when the name has other setups."""
+
+    device: DeviceRecord
+    note: str | None = None
+
+
+def select_device(s: Session, ref: str, *, runtime: str | None = None) -> DeviceChoice:
+    """The newest fingerprint of a device name, of `runtime` when given (or a device id).
+
+    One name can hold several setups of one machine (torch eager and ONNX Runtime, other
+    threads): their timings are separate devices and never mix. A name with several setups
+    and none chosen is not resolved silently: the note says which is used and how to pick
+    another. Fingerprints that differ only outside the setup (new drivers, another CPU) get no
+    note: the newest is the machine as it is now.
+
+    Raises:
+        StorageError: an unknown device, or a runtime the device was never profiled with.
+    """
+    text = str(ref).strip()
+    if text.isdigit():
+        found = get_device(s, text)
+        if runtime is not None and device_runtime(found.fingerprint) != runtime:
+            raise StorageError(
+                f"device id {found.id} ('{found.name}') was profiled with "
+                f"{runtime_label(found.fingerprint)}, not {runtime}; drop --runtime or give "
+                f"--device {found.name} --runtime {runtime}")
+        return DeviceChoice(device=found)
+    named = [_device_record(r) for r in
+             s.scalars(select(Device).where(Device.name == text).order_by(Device.id))]
+    if not named:
+        get_device(s, text)  # raises, naming the close matches
+    pool = named
+    if runtime is not None:
+        pool = [d for d in named if device_runtime(d.fingerprint) == runtime]
+        if not pool:
+            have = ", ".join(sorted({device_runtime(d.fingerprint) for d in named}))
+            raise StorageError(
+                f"device '{text}' has no {runtime} profile (it has: {have}); pick one of those "
+                f"with --runtime, or run `dse profile --device {text} --runtime {runtime}`")
+    chosen = pool[-1]
+    setups: dict[str, DeviceRecord] = {}
+    for d in pool:  # the newest fingerprint of each setup
+        setups[runtime_label(d.fingerprint)] = d
+    if len(setups) < 2:
+        return DeviceChoice(device=chosen)
+    listed = "; ".join(f"{label}: id {d.id}" for label, d in setups.items())
+    runtimes = sorted({device_runtime(d.fingerprint) for d in pool})
+    how = (f"--runtime {'|'.join(runtimes)} or --device ID" if len(runtimes) > 1
+           else "--device ID")
+    note = (f"device '{text}' has {len(setups)} setups ({listed}); using the newest, "
+            f"{runtime_label(chosen.fingerprint)} (id {chosen.id}); pick another with {how}")
+    return DeviceChoice(device=chosen, note=note)
 
 
 def count_rows(s: Session, model: type[Any]) -> int:

@@ -20,7 +20,9 @@ from db._accuracy import (
     upsert_accuracy_profile,
 )
 from db._catalog import (
+    DeviceChoice,
     count_rows,
+    device_runtime,
     fingerprint_sha256,
     get_calibration_set,
     get_device,
@@ -29,6 +31,9 @@ from db._catalog import (
     list_devices,
     list_exits,
     list_models,
+    names_with_several_setups,
+    runtime_label,
+    select_device,
     upsert_calibration_set,
     upsert_device,
     upsert_exits,
@@ -65,6 +70,8 @@ def row_counts(s: Session) -> dict[str, int]:
 
 
 __all__ = [
+    "DeviceChoice", "device_runtime", "names_with_several_setups", "runtime_label",
+    "select_device",
     "add_accuracy_chunk", "add_candidates", "add_verification", "completed_samples",
     "create_search_run", "find_accuracy_profiles", "fingerprint_sha256", "finish_accuracy_profile",
     "finish_search_run", "get_accuracy_profile", "get_calibration_set", "get_candidate",

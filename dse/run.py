@@ -50,7 +50,8 @@ METHODS = ("exhaustive", "optuna")
 class SearchRequest:
     """Everything `dse pareto` asks for."""
 
-    device: str
+    device: str  # a name (its newest fingerprint, of `runtime` when given) or a device id
+    runtime: str | None = None
     model: str | None = None
     method: str = "exhaustive"
     objectives: tuple[str, ...] = ("miou", "latency")
@@ -105,6 +106,7 @@ class Problem:
     evaluator: Evaluator
     calibration: CalibrationSetRecord | None = None
     positions: tuple[str, ...] = ()
+    device_note: str | None = None  # the name has other setups (db select_device)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +130,7 @@ class StoredRun:
     robust: RobustPick | None = None  # --confidence, which picks on the bootstrap bounds)
     held_out: HeldOut | None = None
     num_images: int = 0  # calibration images the search (and the bootstrap) used
+    device_note: str | None = None  # the device name has other setups: which one was used
 
 
 def _describe(c: CalibrationSetRecord) -> str:
@@ -173,13 +176,17 @@ def find_profile(s: Session, model: ModelRecord, ref: str, *,
 
 
 def load_problem(s: Session, *, device: str, model: str | None,
-                 calibration: str | None = None) -> Problem:
+                 calibration: str | None = None, runtime: str | None = None) -> Problem:
     """Model, device, accuracy profile (newest, or of `calibration`) and latency profile.
+
+    The latency rows are those of one device fingerprint (`device` and `runtime` select it):
+    torch and ONNX Runtime timings of one machine never mix in a search.
 
     Raises:
         DseError / StorageError: naming the `dse profile` run that provides what is missing.
     """
-    dev = repo.get_device(s, device)
+    choice = repo.select_device(s, device, runtime=runtime)
+    dev = choice.device
     if model is None:
         timed = [m for m in repo.list_models(s)
                  if repo.load_latency(s, model_id=m.id, device_id=dev.id,
@@ -218,7 +225,7 @@ def load_problem(s: Session, *, device: str, model: str | None,
     return Problem(model=mod, device=dev, profile_id=profiles[0].id, input_shape=shape,
                    evaluator=Evaluator(data, cost),
                    calibration=repo.get_calibration_set(s, profiles[0].calibration_set_id),
-                   positions=tuple(positions))
+                   positions=tuple(positions), device_note=choice.note)
 
 
 def load_check_set(s: Session, problem: Problem, ref: str
@@ -271,7 +278,7 @@ def run_search(engine: Engine, url: str, request: SearchRequest,
     """Load, search, bootstrap front 1, check it on `check_on`, then store it all at once."""
     with session_scope(engine) as s:
         problem = load_problem(s, device=request.device, model=request.model,
-                               calibration=request.calibration)
+                               calibration=request.calibration, runtime=request.runtime)
         trust = latency_trust(s, model_id=problem.model.id, device_id=problem.device.id,
                               input_shape=problem.input_shape)
         held = load_check_set(s, problem, request.check_on) if request.check_on else None
@@ -338,8 +345,8 @@ def run_search(engine: Engine, url: str, request: SearchRequest,
     except ValueError as exc:
         raise StorageError(f"could not store the search run: {exc}") from exc
     return StoredRun(run=run, candidates=stored, chosen=chosen, trust=trust, plain=plain,
-                     robust=robust,
-                     held_out=held_out, num_images=ev.data.num_samples)
+                     robust=robust, held_out=held_out, num_images=ev.data.num_samples,
+                     device_note=problem.device_note)
 
 
 def _store_checks(s: Session, run: SearchRunRecord, held: HeldOut) -> None:
@@ -367,9 +374,10 @@ class RunSummary:
     chosen: CandidateRecord | None  # the candidate `--target` picked, if any
 
 
-def list_runs(s: Session, *, model: str | None = None,
-              device: str | None = None) -> list[RunSummary]:
-    """Every stored search run (oldest first), optionally of one model (id or name) or device.
+def list_runs(s: Session, *, model: str | None = None, device: str | None = None,
+              runtime: str | None = None) -> list[RunSummary]:
+    """Every stored search run (oldest first), optionally of one model (id or name), device
+    (a name: all its setups; an id: that one) and runtime.
 
     Raises:
         StorageError: an unknown model or device, named with the close matches.
@@ -377,11 +385,18 @@ def list_runs(s: Session, *, model: str | None = None,
     model_id = None
     if model is not None:
         model_id = repo.get_model(s, int(model) if model.isdigit() else model).id
+    keep_id: int | None = None
+    keep_name: str | None = None
     if device is not None:
-        device = repo.get_device(s, device).name  # explains an unknown name
+        found = repo.select_device(s, device, runtime=runtime).device  # explains a miss
+        keep_id, keep_name = (found.id, None) if device.strip().isdigit() else (None, found.name)
     out = []
     for run in repo.list_search_runs(s, model_id=model_id):
-        if device is not None and run.device_name != device:
+        if keep_id is not None and run.device_id != keep_id:
+            continue
+        if keep_name is not None and run.device_name != keep_name:
+            continue
+        if runtime is not None and repo.device_runtime(run.device_fingerprint) != runtime:
             continue
         candidates = [c for c in repo.list_candidates(s, run.id) if c.feasible]
         index = run.constraints.get("chosen_candidate")

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from dse.cli._app import DEFAULT_DB, DbOption, JsonOption, app, console
+from dse.cli._app import DEFAULT_DB, DbOption, JsonOption, app, console, fits
 
 db_app = typer.Typer(
     help="Inspect, upgrade and merge measurement stores.", no_args_is_help=True
@@ -23,7 +24,9 @@ def _emit(obj: dict[str, Any]) -> None:
 ModelArg = Annotated[
     str | None, typer.Argument(help="Show only this model: id, name or weights-hash prefix.")
 ]
-DeviceArg = Annotated[str | None, typer.Argument(help="Show only this device (by name).")]
+DeviceArg = Annotated[
+    str | None, typer.Argument(help="Show only this device: its name (every setup) or an id.")
+]
 
 
 @app.command("models")
@@ -69,11 +72,17 @@ def models_command(
     console.print(table)
 
 
+RuntimeOption = Annotated[
+    str | None, typer.Option("--runtime", help="Only fingerprints of this runtime (torch or onnxruntime).")
+]
+
+
 @app.command("devices")
 def devices_command(
-    device: DeviceArg = None, db: DbOption = DEFAULT_DB, json_output: JsonOption = False
+    device: DeviceArg = None, runtime: RuntimeOption = None, db: DbOption = DEFAULT_DB,
+    json_output: JsonOption = False,
 ) -> None:
-    """List the known devices with their fingerprints."""
+    """List the known devices, one row per fingerprint (setup) with its runtime and threads."""
     from db import open_store, session_scope
     from db import repository as repo
 
@@ -82,12 +91,19 @@ def devices_command(
         with session_scope(engine, readonly=True) as s:
             if device is not None:
                 named = [d for d in repo.list_devices(s) if d.name == device]
-                chosen = named or [repo.get_device(s, device)]  # get_device explains a miss
+                # select_device explains a miss (an unknown name, a runtime it lacks)
+                chosen = named or [repo.get_device(s, device)]
+                if runtime is not None:
+                    repo.select_device(s, device, runtime=runtime)
             else:
                 chosen = repo.list_devices(s)
+            if runtime is not None:
+                chosen = [d for d in chosen if repo.device_runtime(d.fingerprint) == runtime]
             rows: list[dict[str, Any]] = [
                 {
-                    "id": d.id, "name": d.name, "fingerprint": d.fingerprint,
+                    "id": d.id, "name": d.name, "runtime": repo.device_runtime(d.fingerprint),
+                    "setup": repo.runtime_label(d.fingerprint),
+                    "threads": d.fingerprint.get("threads"), "fingerprint": d.fingerprint,
                     "fingerprint_sha256": d.fingerprint_sha256,
                     "created": d.created.strftime("%Y-%m-%d %H:%M"),
                     "quality": _device_quality(s, d.id),
@@ -101,16 +117,30 @@ def devices_command(
             _emit(row)
         return
     if not rows:
-        console.print("no devices yet; `dse profile --checkpoint CKPT --device NAME` adds one")
+        console.print("no device matches" if runtime is not None else
+                      "no devices yet; `dse profile --checkpoint CKPT --device NAME` adds one")
         return
-    table = Table("id", "name", "fingerprint", "details", "latency quality", "created")
+    table = Table("id", "name", "runtime", "threads", "fingerprint", "details",
+                  "latency quality", "created")
     for r in rows:
-        details = ", ".join(f"{k}={v}" for k, v in sorted(r["fingerprint"].items()))
-        quality = "\n".join(f"model {q['model_id']} {'x'.join(map(str, q['input_shape']))}: "
-                            f"{q['status']} ({q['figures']})" for q in r["quality"]) or "-"
-        table.add_row(str(r["id"]), r["name"], r["fingerprint_sha256"][:12], details, quality,
+        r["details"] = ", ".join(f"{k}={v}" for k, v in sorted(r["fingerprint"].items()))
+        r["quality_text"] = "\n".join(
+            f"model {q['model_id']} {'x'.join(map(str, q['input_shape']))}: {q['status']} "
+            f"({q['figures']})" for q in r["quality"]) or "-"
+        threads = "-" if r["threads"] is None else str(r["threads"])
+        table.add_row(str(r["id"]), Text(r["name"]), Text(r["setup"]), threads,
+                      r["fingerprint_sha256"][:12], Text(r["details"]), Text(r["quality_text"]),
                       r["created"])
-    console.print(table)
+    if fits(table):
+        console.print(table)
+        return
+    for r in rows:  # a pipe or a narrow terminal: one block per fingerprint, nothing cut short
+        lines = [f"device {r['id']}  {r['name']} · {r['setup']}, fingerprint "
+                 f"{r['fingerprint_sha256'][:12]}, {r['created']}",
+                 f"    details: {r['details']}",
+                 *(f"    latency quality: {q}" for q in r["quality_text"].splitlines())]
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _device_quality(s: Any, device_id: int) -> list[dict[str, Any]]:

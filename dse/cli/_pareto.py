@@ -47,7 +47,8 @@ def _names(text: str | None, option: str) -> tuple[str, ...] | None:
 
 @app.command("pareto")
 def pareto_command(
-    device: Annotated[str, typer.Option("--device", help="Device name as given to `dse profile`.")],
+    device: Annotated[str, typer.Option("--device", help="Device name as given to `dse profile` (its newest fingerprint), or a device id from `dse devices`.")],
+    runtime: Annotated[str | None, typer.Option("--runtime", help="Search the device's timings under this runtime (torch or onnxruntime) when its name was profiled under several.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model id or name (default: the only one profiled on the device).")] = None,
     method: Annotated[Literal["exhaustive", "optuna"], typer.Option("--method", help="Every configuration up to --max-exits, or Optuna's NSGA-II over --trials.")] = "exhaustive",
     objectives: Annotated[str, typer.Option("--objectives", help="Two or more of miou, latency, gflops.")] = "miou,latency",
@@ -96,7 +97,7 @@ def pareto_command(
         settings = (BootstrapSettings(resamples=bootstrap, seed=bootstrap_seed, level=interval)
                     if bootstrap else None)
         request = SearchRequest(
-            device=device, model=model, method=method,
+            device=device, runtime=runtime, model=model, method=method,
             objectives=_names(objectives, "--objectives") or (), max_exits=max_exits,
             positions=_names(positions, "--positions"), heads=_names(heads, "--heads"),
             th_pix=_floats(th_pix, "--th-pix"), th_img=_floats(th_img, "--th-img"), mode=mode,
@@ -162,7 +163,12 @@ def _json_line(stored, c) -> dict:  # type: ignore[no-untyped-def,type-arg]
 
 
 def print_run(stored, json_output: bool) -> None:  # type: ignore[no-untyped-def]
+    from db.repository import runtime_label
+
     run = stored.run
+    if stored.device_note is not None:
+        err_console.print(f"note: {stored.device_note}", markup=False, highlight=False,
+                          soft_wrap=True)
     warning = stored.trust.warning if stored.trust is not None else None
     if warning is not None:
         err_console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
@@ -172,7 +178,8 @@ def print_run(stored, json_output: bool) -> None:  # type: ignore[no-untyped-def
             typer.echo(json.dumps(_json_line(stored, c), sort_keys=True))
         return
     base = run.baseline
-    console.print(f"run {run.id}: {run.model_name} on {run.device_name}, {run.method} "
+    setup = runtime_label(run.device_fingerprint)
+    console.print(f"run {run.id}: {run.model_name} on {run.device_name} · {setup}, {run.method} "
                   f"({run.mode}), {run.n_evaluated:,} configurations in {run.duration_s:.2f} s; "
                   f"baseline (final exit only): mIoU {base['miou']:.2%}, "
                   f"{base['latency_ms']:.3f} ms, {base['gflops']:.3f} GFLOPs",

@@ -7,12 +7,13 @@ hand-made records without a store.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
 
 from db.records import CandidateRecord, SearchRunRecord, VerificationRecord
+from db.repository import device_runtime, names_with_several_setups, runtime_label
 from db.trust import LatencyTrust
 
 
@@ -73,6 +74,7 @@ class RunData:
     confidence: ConfidenceData | None = None
     confidence_note: str = ""  # why `confidence` is None, shown on the page
     trust: LatencyTrust | None = None  # the device profile's measured quality (db.trust)
+    show_setup: bool = False  # name the runtime setup even for torch (ReportData sets it)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "candidates", tuple(self.candidates))
@@ -91,12 +93,16 @@ class RunData:
 
     @property
     def label(self) -> str:
-        """Short name of the run in legends: `run 3 · jetson`, with the runtime when it is not
-        torch eager (`run 4 · jetson · onnxruntime`), so one machine's runtimes overlay like two
-        devices (not escaped)."""
-        runtime = self.run.device_fingerprint.get("runtime", "torch")
-        suffix = "" if runtime == "torch" else f" · {runtime}"
-        return f"run {self.run.id} · {self.run.device_name}{suffix}"
+        """Short name of the run in legends: `run 3 · jetson`, with the runtime setup when it
+        is not torch eager or when the report has other setups of this device name
+        (`run 3 · laptop · torch 2.14.1 (2 threads)`, `run 4 · laptop · onnxruntime 1.32.0
+        (1 thread, opt all)`), so one machine's runtimes overlay like two devices (not
+        escaped)."""
+        fingerprint = self.run.device_fingerprint
+        name = f"run {self.run.id} · {self.run.device_name}"
+        if self.show_setup or device_runtime(fingerprint) != "torch":
+            return f"{name} · {runtime_label(fingerprint)}"
+        return name
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -113,4 +119,7 @@ class ReportData:
         ids = [r.run.id for r in runs]
         if len(set(ids)) != len(ids):
             raise ValueError(f"runs must not repeat a run, got ids {ids}")
+        several = names_with_several_setups((r.run.device_name, r.run.device_id) for r in runs)
+        runs = tuple(replace(r, show_setup=True) if r.run.device_name in several else r
+                     for r in runs)
         object.__setattr__(self, "runs", runs)

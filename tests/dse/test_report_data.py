@@ -183,14 +183,34 @@ def test_cross_device_links_the_same_configuration() -> None:
 
 def test_one_machine_under_two_runtimes_overlays_like_two_devices() -> None:
     fp = {"cpu": "Test CPU", "threads": 1, "torch": "2.14.1"}
-    ort_fp = {"cpu": "Test CPU", "threads": 1, "runtime": "onnxruntime", "onnxruntime": "1.32.0"}
+    ort_fp = {"cpu": "Test CPU", "threads": 1, "runtime": "onnxruntime", "onnxruntime": "1.32.0",
+              "graph_optimization": "all"}
     eager = RunData(run=make_run(1, device="laptop", fingerprint=fp), candidates=tuple(records(1)))
     ort = RunData(run=make_run(2, device="laptop", fingerprint=ort_fp),
                   candidates=tuple(records(2, scale=0.5)))
-    data = cross_device_data([eager, ort])
-    assert [r.label for r in data.runs] == ["run 1 · laptop", "run 2 · laptop · onnxruntime"]
+    assert eager.label == "run 1 · laptop"  # alone, torch eager needs no word
+    assert ort.label == "run 2 · laptop · onnxruntime 1.32.0 (1 thread, opt all)"
+    report = ReportData(runs=(eager, ort))  # together, each names its setup
+    data = cross_device_data(report.runs)
+    assert [r.label for r in data.runs] == [
+        "run 1 · laptop · torch 2.14.1 (1 thread)",
+        "run 2 · laptop · onnxruntime 1.32.0 (1 thread, opt all)"]
     c3 = next(c for c in data.configs if c.exits == (A, C, "final"))
     assert [cell.latency_ms for cell in c3.cells] == [30.0, 15.0]  # type: ignore[union-attr]
+    other = RunData(run=make_run(3, device="jetson"), candidates=tuple(records(3)))
+    assert [r.label for r in ReportData(runs=(eager, other)).runs] == [
+        "run 1 · laptop", "run 3 · jetson"]
+
+
+def test_a_setup_label_from_an_imported_fingerprint_is_escaped_on_the_page() -> None:
+    from dse.report import render_report
+
+    evil = {"runtime": "onnxruntime", "onnxruntime": EVIL, "threads": 2}
+    runs = (RunData(run=make_run(1, device="pi"), candidates=tuple(records(1))),
+            RunData(run=make_run(2, device="pi", fingerprint=evil),
+                    candidates=tuple(records(2, scale=2.0))))
+    page = render_report(ReportData(runs=runs))
+    assert EVIL not in page and "pi · onnxruntime &lt;script&gt;" in page
 
 
 def test_cross_device_configuration_missing_in_a_run() -> None:
