@@ -322,8 +322,8 @@ def select_device(s: Session, ref: str, *, runtime: str | None = None) -> Device
         if runtime is not None and device_runtime(found.fingerprint) != runtime:
             raise StorageError(
                 f"device id {found.id} ('{found.name}') was profiled with "
-                f"{runtime_label(found.fingerprint)}, not {runtime}; drop --runtime or give "
-                f"--device {found.name} --runtime {runtime}")
+                f"{runtime_label(found.fingerprint)}, not {runtime}; drop --runtime, or give the "
+                f"name '{found.name}' with --runtime {runtime}")
         return DeviceChoice(device=found)
     named = [_device_record(r) for r in
              s.scalars(select(Device).where(Device.name == text).order_by(Device.id))]

@@ -90,11 +90,10 @@ def devices_command(
     try:
         with session_scope(engine, readonly=True) as s:
             if device is not None:
-                named = [d for d in repo.list_devices(s) if d.name == device]
-                # select_device explains a miss (an unknown name, a runtime it lacks)
-                chosen = named or [repo.get_device(s, device)]
-                if runtime is not None:
+                if runtime is not None:  # explains a runtime the device lacks
                     repo.select_device(s, device, runtime=runtime)
+                named = [d for d in repo.list_devices(s) if d.name == device]
+                chosen = named or [repo.get_device(s, device)]  # get_device explains a miss
             else:
                 chosen = repo.list_devices(s)
             if runtime is not None:

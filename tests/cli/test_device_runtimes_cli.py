@@ -95,8 +95,8 @@ def test_a_bare_name_says_which_setup_and_runtime_picks_one(store, capsys) -> No
      "error: device 'laptop' has no tflite profile (it has: onnxruntime, torch); pick one of "
      "those with --runtime, or run `dse profile --device laptop --runtime tflite`"),
     (["1", "--runtime", "onnxruntime"],
-     "error: device id 1 ('laptop') was profiled with torch, not onnxruntime; drop --runtime "
-     "or give --device laptop --runtime onnxruntime"),
+     "error: device id 1 ('laptop') was profiled with torch, not onnxruntime; drop "
+     "--runtime, or give the name 'laptop' with --runtime onnxruntime"),
     (["9"], "error: unknown device '9'"),
 ])
 def test_a_runtime_or_id_the_store_lacks_is_one_line_and_stores_nothing(
