@@ -275,7 +275,9 @@ class DeployTarget:
 
             settings = runtime_settings(
                 threads=threads, optimization=str(fingerprint.get("graph_optimization", "all")),
-                provider=str(fingerprint.get("provider", "CPUExecutionProvider")))
+                provider=str(fingerprint.get("provider", "CPUExecutionProvider")),
+                # profiles from before the setting ran with ONNX Runtime's default (spinning)
+                spinning=bool(fingerprint.get("intra_op_spinning", threads > 1)))
             return cls(runtime="onnxruntime", threads=threads, device=torch.device("cpu"),
                        dtype=torch.float32, ort=settings)
         device = resolve_device(compute or str(fingerprint.get("compute", "cpu")))

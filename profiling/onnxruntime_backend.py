@@ -32,12 +32,13 @@ RUNTIME = "onnxruntime"
 
 
 def runtime_settings(*, threads: int, optimization: str = "all",
-                     provider: str = ort_probe.DEFAULT_PROVIDER) -> ort_probe.RuntimeSettings:
+                     provider: str = ort_probe.DEFAULT_PROVIDER,
+                     spinning: bool = False) -> ort_probe.RuntimeSettings:
     """Checked ONNX Runtime settings; ProfilingError (one line) for a bad value or a machine
     without onnxruntime or without the provider."""
     try:
         settings = ort_probe.RuntimeSettings(threads=threads, optimization=optimization,
-                                             provider=provider)
+                                             provider=provider, spinning=spinning)
         ort_probe.session_factory(settings)  # onnxruntime and the provider are here
     except ort_probe.ProbeError as exc:
         raise ProfilingError(str(exc)) from exc

@@ -102,14 +102,21 @@ def load_average() -> list[float] | None:
 # ----------------------------------------------------------------------------- runtime
 @dataclass(frozen=True)
 class RuntimeSettings:
-    """How ONNX Runtime runs: intra-op threads, graph optimisation level, execution provider.
+    """How ONNX Runtime runs: intra-op threads, graph optimisation level, execution provider,
+    and whether idle intra-op threads spin.
 
     Every field is part of the device fingerprint: timings under other settings never mix.
+    `spinning` is off by default: a MESS cascade is several sessions in one process (stages,
+    heads, decisions), and with spinning on, the pool of the session that just ran keeps its
+    threads busy-waiting while the next session runs, so on a 2-core CPU two threads were slower
+    than one (the cascade 89 ms vs 33 ms; README, "Torch eager vs ONNX Runtime"). With one
+    thread there is no pool, so it changes nothing and is left out of the fingerprint.
     """
 
     threads: int = 1
     optimization: str = "all"
     provider: str = DEFAULT_PROVIDER
+    spinning: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
@@ -153,6 +160,8 @@ def session_factory(settings: RuntimeSettings):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = level
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         "1" if settings.spinning else "0")
         session = ort.InferenceSession(str(path), options, providers=[settings.provider])
         return lambda feeds: session.run(None, feeds)
 
@@ -177,6 +186,7 @@ def fingerprint(settings: RuntimeSettings) -> dict:
         "graph_optimization": settings.optimization,
         "threads": settings.threads,
         "inter_op_threads": 1,
+        **({"intra_op_spinning": settings.spinning} if settings.threads > 1 else {}),
         "dtype": "float32",
         "allocator": "heap-kept" if keep_heap_allocations() else "default",
     }
@@ -354,13 +364,16 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     parser.add_argument("--optimization", default="all", choices=OPTIMIZATION_LEVELS)
     parser.add_argument("--provider", default=DEFAULT_PROVIDER)
+    parser.add_argument("--spinning", action="store_true",
+                        help="let idle intra-op threads spin (ONNX Runtime's own default; off "
+                             "here because a cascade is several sessions)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument("--rounds", type=int, default=20, help="timed rounds")
     parser.add_argument("--min-time", type=float, default=0.0, help="at least this many seconds")
     args = parser.parse_args(argv)
     try:
         settings = RuntimeSettings(threads=args.threads, optimization=args.optimization,
-                                   provider=args.provider)
+                                   provider=args.provider, spinning=args.spinning)
         out = Path(args.out) if args.out else Path(args.pack) / "results.json"
         if not out.parent.is_dir():
             raise ProbeError(f"folder {out.parent} does not exist; create it or choose --out")

@@ -33,7 +33,12 @@ def default_session(path):
     try:
         import onnxruntime
 
-        sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        # A cascade is several sessions: a spinning pool of the session that just ran would
+        # busy-wait on the cores the next one needs (mess-dse profiles with spinning off too).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = onnxruntime.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
         return lambda feeds: sess.run(None, feeds)
     except ImportError:
         from onnx.reference import ReferenceEvaluator

@@ -212,3 +212,26 @@ def test_the_probe_runs_in_a_venv_with_only_numpy_and_onnxruntime(pack, tmp_path
     checked = read_results(out, pack)
     imported = import_results(engine, checked, device_name="fresh-venv", keep_noisy=True)
     assert len(imported.stored) == 24
+
+
+def test_spinning_is_off_by_default_and_part_of_a_multithread_fingerprint(tmp_path) -> None:
+    """A cascade is several sessions: their pools must not busy-wait on each other's cores.
+    With one thread there is no pool, so the setting stays out of the fingerprint."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    for spinning in (False, True):
+        settings = ort_probe.RuntimeSettings(threads=2, spinning=spinning)
+        run = ort_probe.session_factory(settings)(path)
+        session = run.__closure__[0].cell_contents  # the InferenceSession the runner calls
+        entry = session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning")
+        assert entry == ("1" if spinning else "0")
+        assert ort_probe.fingerprint(settings)["intra_op_spinning"] is spinning
+    assert "intra_op_spinning" not in ort_probe.fingerprint(ort_probe.RuntimeSettings(threads=1))
