@@ -41,26 +41,37 @@ class LatencyTrust:
     @property
     def warning(self) -> str | None:
         """One line for `dse pareto`, or None when the profile passed its checks (or predates
-        them: `unchecked` is shown, not warned about)."""
+        them: `unchecked` is shown, not warned about). Predicted rows are said even when the
+        measured ones are noisy: the user must know the front is partly a prediction."""
         if self.status == NOISY:
-            return (f"the latency profile of {self.device!r} was stored although noisy "
-                    f"({self.noisy_rows} noisy row(s); {self.figures}); this front may be wrong: "
-                    "re-profile on a quieter machine")
+            noisy = (f"the latency profile of {self.device!r} was stored although noisy "
+                     f"({self.noisy_rows} noisy row(s); {self.figures}); this front may be "
+                     "wrong: re-profile on a quieter machine")
+            predicted = self.prediction_line
+            return noisy if predicted is None else f"{noisy}; also, {predicted}"
         if self.status == PREDICTED:
-            p = self.prediction or {}
-            err = p.get("cv_error")
-            expected = (f"expected error {err:.0%} median, {p.get('cv_p90', err):.0%} p90 "
-                        f"(cross-validated on the {p.get('n_measured')} measured)"
-                        if err is not None else "error unknown: too few measured to cross-validate")
-            return (f"{self.predicted_rows} of {self.components} component latencies of "
-                    f"{self.device!r} are predicted by {p.get('model', '?')}, not measured; "
-                    f"{expected}; a full `dse profile` on the device replaces them")
+            return self.prediction_line
         if self.status == CLOSED_LOOP_FAILED:
             gaps = ", ".join(f"{p} {g:+.0%}" for p, g in self.failing_paths)
             return (f"on {self.device!r} the real cascade differs from the summed component "
                     f"latencies by more than {CLOSED_LOOP_TOLERANCE:.0%} ({gaps}); this front's "
                     "latencies are off by as much")
         return None
+
+    @property
+    def prediction_line(self) -> str | None:
+        """What share of the latencies is predicted, by which model, with what expected error
+        (None: every latency measured)."""
+        if not self.predicted_rows:
+            return None
+        p = self.prediction or {}
+        err = p.get("cv_error")
+        expected = (f"expected error {err:.0%} median, {p.get('cv_p90', err):.0%} p90 "
+                    f"(cross-validated on the {p.get('n_measured')} measured)"
+                    if err is not None else "error unknown: too few measured to cross-validate")
+        return (f"{self.predicted_rows} of {self.components} component latencies of "
+                f"{self.device!r} are predicted by {p.get('model', '?')}, not measured; "
+                f"{expected}; a full `dse profile` on the device replaces them")
 
     def as_dict(self) -> dict[str, object]:
         return {"status": self.status, "figures": self.figures, "noisy_rows": self.noisy_rows,

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from db import repository
 from db.records import CalibrationSetRecord, CandidateRecord, ModelRecord, SearchRunRecord
 from db.session import open_store, session_scope
-from db.trust import latency_trust
+from db.trust import LatencyTrust, latency_trust
 from profiling.device import DTYPES, device_fingerprint, resolve_device
 from profiling.errors import ProfilingError
 from profiling.timing import TimingSettings
@@ -192,6 +192,9 @@ class VerifyRequest:
 class VerifyOutcome:
     comparison: Comparison
     warnings: tuple[str, ...]
+    # the device's latencies were partly predicted (few-shot): the model, its expected error
+    # and the gap this verification measured
+    latency_prediction: dict[str, Any] | None = None
 
 
 def run_verify(db: str, request: VerifyRequest, *,
@@ -236,17 +239,41 @@ def run_verify(db: str, request: VerifyRequest, *,
                                   input_shape=stored.run.input_shape)
             if trust.warning is not None:  # what the prediction rests on
                 warnings.append(trust.warning)
+            gap = predicted_gap(trust, result)
+            if gap is not None:
+                warnings.append(gap[1])
             repository.add_verification(
                 s, run_id=stored.run.id, candidate_index=stored.candidate.index,
                 device_id=stored.run.device_id, dataset=result.measured.dataset,
                 split=result.measured.split, predicted=result.predicted.to_dict(),
                 measured={**result.measured.to_dict(), "same_images": result.same_images,
                           "miou_ok": result.miou_ok, "exits_ok": result.exits_ok,
-                          "latency_ok": result.latency_ok},
+                          "latency_ok": result.latency_ok,
+                          **({} if gap is None else {"latency_prediction": gap[0]})},
             )
     finally:
         engine.dispose()
-    return VerifyOutcome(comparison=result, warnings=tuple(warnings))
+    return VerifyOutcome(comparison=result, warnings=tuple(warnings),
+                         latency_prediction=None if gap is None else gap[0])
+
+
+def predicted_gap(trust: LatencyTrust, result: Comparison) -> tuple[dict[str, Any], str] | None:
+    """On a device whose latencies are partly predicted (few-shot), the measured gap set
+    against the error the prediction expected (its leave-one-out estimate), as data and a line.
+    """
+    if not trust.predicted_rows or trust.prediction is None:
+        return None
+    p = trust.prediction
+    data = {"model": p.get("model"), "cv_error": p.get("cv_error"), "cv_p90": p.get("cv_p90"),
+            "n_measured": p.get("n_measured"), "predicted_rows": trust.predicted_rows,
+            "components": trust.components, "latency_error": result.latency_error}
+    expected = ("no expected error (one measured component)" if p.get("cv_error") is None
+                else f"expected {p['cv_error']:.1%} median, {p['cv_p90']:.1%} p90 per component")
+    line = (f"few-shot prediction ({trust.predicted_rows} of {trust.components} component "
+            f"latencies by {p.get('model')}): this configuration measured "
+            f"{result.measured.latency_ms:.3f} ms against {result.predicted.latency_ms:.3f} ms "
+            f"predicted, a gap of {result.latency_error:+.1%} ({expected})")
+    return data, line
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,7 +22,7 @@ What runs the components and how samples are taken are injected (`profiling.back
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -178,6 +178,7 @@ def profile_latency(
     backend: TimingBackend | None = None,
     protocol: TimingProtocol | None = None,
     progress: ProgressFn | None = None,
+    only: Collection[Key] | None = None,
 ) -> LatencyResult:
     """Time every candidate component not yet stored (or stored as noisy) for this model, device
     and input shape, check the closed loop, judge the run, and store it all in one transaction.
@@ -195,6 +196,8 @@ def profile_latency(
         backend: the runtime that runs the components (torch eager by default).
         protocol: how samples are taken (`Interleaved(settings.timing)` by default).
         progress: called with (rounds done, rounds planned, step) after each timed round.
+        only: time only these components (a few-shot profile, `profiling.fewshot_profile`;
+            None: every component).
 
     Raises:
         ProfilingError: an input size the network cannot take.
@@ -230,7 +233,7 @@ def profile_latency(
         x = torch.randn(*shape, device=device, dtype=settings.dtype)
         workload = backend.workload(network, x)
         keys = workload.keys()
-        missing = [key for key in keys if key not in stored]
+        missing = [key for key in keys if key not in stored and (only is None or key in only)]
         paths = _paths_to_check(network, costs, settings, set(stored), measured_now=bool(missing))
         planned = settings.timing.repeat
 

@@ -32,6 +32,14 @@ from db.records import DeviceRecord, ExitInput
 from db.session import session_scope
 from profiling import ort_probe
 from profiling.errors import ProfilingError
+from profiling.fewshot_profile import (
+    FewShot,
+    FewShotResult,
+    find_model_id,
+    load_references,
+    read_plan,
+    store_predictions,
+)
 from profiling.protocol import DEFAULT_THRESHOLD, ProtocolResult, ProtocolSettings, assess
 from profiling.verdict import UnstableProfileError, Verdict, judge, row_quality
 
@@ -253,6 +261,29 @@ class ImportResult:
     stored: tuple[str, ...]
     warnings: tuple[str, ...] = ()
     verdict: Verdict | None = None
+    few_shot: FewShotResult | None = None  # with references: the predicted rest
+
+
+def few_shot_components(engine: Engine, network: MessNetwork, few_shot: FewShot, *,
+                        model_name: str, input_size: tuple[int, int], batch: int = 1
+                        ) -> tuple[list[str], tuple[str, ...]]:
+    """The K components a few-shot pack times (`profiling.fewshot_profile.plan_components`),
+    as ``kind:name`` keys, and warnings about the references. The probe runs ONNX Runtime, so
+    the references must have been profiled with it unless ``few_shot.allow_cross_runtime``.
+
+    Raises:
+        ProfilingError: a reference that cannot serve (unknown, another runtime, no profile of
+            this model at this input shape).
+    """
+    from training.checkpoint import weights_sha256
+    from training.flops import network_components
+
+    expected = {(c.kind, c.name) for c in network_components(network, input_size)}
+    refs, chosen = read_plan(engine, few_shot, weights_sha256=weights_sha256(network),
+                             model_name=model_name, input_shape=(batch, 3, *input_size),
+                             batch=batch, dtype="float32", runtime="onnxruntime",
+                             device_name=None, expected=expected)
+    return [f"{kind}:{name}" for kind, name in chosen], refs.warnings
 
 
 def judge_results(results: ProbeResults, *, threshold: float = DEFAULT_THRESHOLD
@@ -278,16 +309,21 @@ def judge_results(results: ProbeResults, *, threshold: float = DEFAULT_THRESHOLD
 
 
 def import_results(engine: Engine, results: ProbeResults, *, device_name: str,
-                   keep_noisy: bool = False, threshold: float = DEFAULT_THRESHOLD
+                   keep_noisy: bool = False, threshold: float = DEFAULT_THRESHOLD,
+                   references: Sequence[str] = (), allow_cross_runtime: bool = False
                    ) -> ImportResult:
     """Store checked probe results under ``device_name``: model, exits, device, every
     component's samples with their spread, and the run's quality, in one transaction (a
     failure stores nothing). Judged like a latency profile (`judge_results`): unstable samples
     are refused unless ``keep_noisy`` (then stored marked noisy). The same model and device
-    measured again replaces the rows, as a re-run of `dse profile` would.
+    measured again replaces the rows, as a re-run of `dse profile` would. With ``references``
+    (a few-shot pack's results), every component the pack did not time is predicted from
+    their full profiles and stored marked predicted, in the same transaction
+    (`profiling.fewshot_profile`).
 
     Raises:
         UnstableProfileError: unstable samples and not ``keep_noisy``; nothing stored.
+        ProfilingError: a reference that cannot serve; nothing stored.
     """
     manifest = results.manifest
     model = manifest["model"]
@@ -302,7 +338,13 @@ def import_results(engine: Engine, results: ProbeResults, *, device_name: str,
             f"{verdict.line(what='probe results')}; nothing stored: run the probe again with "
             "the device otherwise idle (or more --rounds), or pass --keep-noisy to store them "
             "marked noisy")
+    few: FewShotResult | None = None
     with session_scope(engine) as s:
+        refs = None if not references else load_references(
+            s, references, model_id=find_model_id(s, model["weights_sha256"]),
+            model_name=str(model["name"]), input_shape=shape, batch=batch, dtype=dtype,
+            runtime="onnxruntime", device_name=device_name,
+            allow_cross_runtime=allow_cross_runtime)
         record = repository.upsert_model(
             s, name=model["name"], arch=model["arch"], architecture=model["architecture"],
             weights_sha256=model["weights_sha256"], num_classes=int(model["num_classes"]))
@@ -321,13 +363,18 @@ def import_results(engine: Engine, results: ProbeResults, *, device_name: str,
         repository.upsert_profile_quality(s, model_id=record.id, device_id=device.id,
                                           input_shape=shape, batch=batch, dtype=dtype,
                                           noisy=not verdict.ok, quality=verdict.quality)
+        if refs is not None:
+            few = store_predictions(s, refs, model_id=record.id, device_id=device.id,
+                                    input_shape=shape, batch=batch, dtype=dtype)
     warnings = _fingerprint_warnings(device_name, device, known)
+    if refs is not None:
+        warnings.extend(refs.warnings)
     if not verdict.ok:
         warnings.append(f"{verdict.line(what='probe results')}; stored marked noisy "
                         "(--keep-noisy)")
     return ImportResult(device=device, model_id=record.id,
                         stored=tuple(c["key"] for c in manifest["components"]),
-                        warnings=tuple(warnings), verdict=verdict)
+                        warnings=tuple(warnings), verdict=verdict, few_shot=few)
 
 
 def _fingerprint_warnings(name: str, device: DeviceRecord, known: list[DeviceRecord]) -> list[str]:

@@ -10,6 +10,7 @@ transaction once judged, `profiling.latency`), so a killed run resumes where it 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,13 @@ from profiling.backends import TimingBackend, TimingProtocol
 from profiling.closed_loop import path_components
 from profiling.device import resolve_device, resolve_dtype
 from profiling.errors import ProfilingError
+from profiling.fewshot_profile import (
+    FewShot,
+    FewShotResult,
+    References,
+    read_plan,
+    store_predictions,
+)
 from profiling.latency import LatencyResult, LatencySettings, check_input_size, profile_latency
 from profiling.timing import TimingSettings
 from training.checkpoint import (
@@ -77,6 +85,8 @@ class ProfileRequest:
             ONNX and run by ONNX Runtime with `threads`, `optimization` and `provider`).
         optimization: ONNX Runtime graph optimisation level (disable, basic, extended, all).
         provider: ONNX Runtime execution provider.
+        few_shot: measure only K components and predict the rest from reference devices'
+            full profiles (`profiling.fewshot_profile`); None: measure every component.
     """
 
     checkpoint: Path
@@ -103,6 +113,7 @@ class ProfileRequest:
     optimization: str = "all"
     provider: str = "CPUExecutionProvider"
     arch_trust: str | None = None
+    few_shot: FewShot | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))
@@ -148,6 +159,7 @@ class ProfileOutcome:
     # What the profile rests on that the user may not know (untrained exit heads, an unfinished
     # training run): `training.checkpoint.training_warnings`.
     warnings: tuple[str, ...] = ()
+    few_shot: FewShotResult | None = None  # a few-shot profile: what was measured, predicted
 
 
 def exit_inputs(network: MessNetwork, costs: Mapping[tuple[str, str], Component],
@@ -201,6 +213,8 @@ def run_profile(db: str, request: ProfileRequest, *,
     """
     if not request.accuracy and not request.latency:
         raise ProfilingError("nothing to do: --no-accuracy and --no-latency together; drop one")
+    if request.few_shot is not None and not request.latency:
+        raise ProfilingError("--few-shot is a latency profile; drop --no-latency")
     network, meta = load_checkpoint(request.checkpoint, trust_arch=request.arch_trust)
     size = request.input_size or (int(meta["input_size"][0]), int(meta["input_size"][1]))
     torch_device = resolve_device(request.compute)
@@ -222,8 +236,21 @@ def run_profile(db: str, request: ProfileRequest, *,
     if request.backend is None and request.latency and request.runtime == "onnxruntime":
         owned = onnxruntime_backend(request, threads=lat_settings.threads)
     backend = request.backend or owned
+    plan: tuple[References, list[tuple[str, str]]] | None = None
+    if request.few_shot is not None:
+        try:  # the references are checked before anything is written
+            plan = _few_shot_plan(db, request, network, size, lat_settings,
+                                  backend.runtime if backend is not None else request.runtime)
+        except BaseException:
+            if owned is not None:
+                owned.close()
+            raise
+        # the closed loop compares real cascades with summed estimates: most are predicted here
+        lat_settings = dataclasses.replace(lat_settings, closed_loop=False)
     engine = open_store(db, create=True)
     warnings = tuple(training_warnings(meta, request.checkpoint))
+    if plan is not None:
+        warnings += plan[0].warnings
     if warn is not None:
         for warning in warnings:
             warn(warning)
@@ -242,6 +269,7 @@ def run_profile(db: str, request: ProfileRequest, *,
         else:
             summaries = _stored_summaries(engine, model_id)
         latency = None
+        few: FewShotResult | None = None
         p50: dict[tuple[str, str], float] = {}
         if request.latency:
             if progress:
@@ -252,17 +280,43 @@ def run_profile(db: str, request: ProfileRequest, *,
                 backend=backend, protocol=request.protocol,
                 progress=(lambda done, total, step: progress("latency", done, total, step))
                 if progress else None,
+                only=None if plan is None else plan[1],
             )
             if progress:
                 progress("latency", request.timing.repeat, request.timing.repeat, "done")
-            p50 = _stored_p50(engine, model_id, latency, (request.batch, 3, *size), lat_settings)
+            shape = (request.batch, 3, *size)
+            if plan is not None:
+                with session_scope(engine) as s:
+                    few = store_predictions(s, plan[0], model_id=model_id,
+                                            device_id=latency.device.id, input_shape=shape,
+                                            batch=request.batch, dtype=lat_settings.dtype_name)
+            p50 = _stored_p50(engine, model_id, latency, shape, lat_settings)
     finally:
         engine.dispose()
         if owned is not None:
             owned.close()
     return ProfileOutcome(model_id=model_id, device=request.device, policy=policy,
                           accuracy=accuracy, latency=latency,
-                          rows=tuple(exit_rows(network, costs, summaries, p50)), warnings=warnings)
+                          rows=tuple(exit_rows(network, costs, summaries, p50)), warnings=warnings,
+                          few_shot=few)
+
+
+def _few_shot_plan(db: str, request: ProfileRequest, network: MessNetwork,
+                   size: tuple[int, int], settings: LatencySettings, runtime: str
+                   ) -> tuple[References, list[tuple[str, str]]]:
+    """The references (checked) and the K components to measure, read from the existing store
+    (a few-shot profile needs its references there, so a missing store is an error)."""
+    assert request.few_shot is not None
+    expected = {(c.kind, c.name) for c in network_components(network, size)}
+    engine = open_store(db)
+    try:
+        return read_plan(engine, request.few_shot, weights_sha256=weights_sha256(network),
+                         model_name=request.name or request.checkpoint.stem,
+                         input_shape=(request.batch, 3, *size), batch=request.batch,
+                         dtype=settings.dtype_name, runtime=runtime, device_name=request.device,
+                         expected=expected)
+    finally:
+        engine.dispose()
 
 
 def onnxruntime_backend(request: ProfileRequest, *, threads: int) -> OnnxRuntimeBackend:
@@ -320,5 +374,5 @@ def _stored_p50(engine: Engine, model_id: int, lat: LatencyResult, shape: tuple[
     with session_scope(engine) as s:
         rows = repository.load_latency(s, model_id=model_id, device_id=lat.device.id,
                                        input_shape=shape, batch=settings.batch,
-                                       dtype=settings.dtype_name)
+                                       dtype=settings.dtype_name, include_predicted=True)
     return {(r.kind, r.name): r.p50_ms for r in rows}

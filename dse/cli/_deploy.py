@@ -105,7 +105,10 @@ def verify_command(
     for note in outcome.warnings:
         err_console.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
     if json_output:
-        print(json.dumps({"run": run, "candidate": candidate, **outcome.comparison.to_dict()}))
+        extra = ({} if outcome.latency_prediction is None
+                 else {"latency_prediction": outcome.latency_prediction})
+        print(json.dumps({"run": run, "candidate": candidate, **outcome.comparison.to_dict(),
+                          **extra}))
         return
     _print_report(run, candidate, outcome.comparison)
 

@@ -11,7 +11,16 @@ from typing import Annotated
 
 import typer
 
-from dse.cli._app import JsonOption, app, console, err_console, parse_input_size
+from dse.cli._app import (
+    DEFAULT_DB,
+    DbOption,
+    JsonOption,
+    app,
+    console,
+    err_console,
+    parse_input_size,
+    refuse_empty,
+)
 from dse.errors import DseError
 
 
@@ -25,9 +34,27 @@ def probe_pack_command(
         "--components", help="Comma-separated KIND:NAME components to time (default: all); "
                              "the producers of their inputs are added.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Model name in the store (default: checkpoint file name).")] = None,
+    few_shot: Annotated[int | None, typer.Option(
+        "--few-shot", help="Time only K components, chosen from the --reference devices' "
+                           "full profiles (import the results with --reference).")] = None,
+    reference: Annotated[str | None, typer.Option(
+        "--reference", help="With --few-shot: devices with a full profile of this model, "
+                            "comma-separated.")] = None,
+    allow_cross_runtime: Annotated[bool, typer.Option(
+        "--allow-cross-runtime", help="Let a reference profiled with torch choose for the "
+                                      "ONNX Runtime probe.")] = False,
+    db: DbOption = DEFAULT_DB,
     json_output: JsonOption = False,
 ) -> None:
     """Write every component as ONNX plus probe.py (numpy + onnxruntime only) for a device."""
+    from dse.cli._profile import few_shot_request, parse_references
+
+    refuse_empty(reference=reference)
+    few = few_shot_request(few_shot, parse_references(
+        reference, allow_cross_runtime=allow_cross_runtime),
+        allow_cross_runtime=allow_cross_runtime)
+    if few is not None and components is not None:
+        raise DseError("--few-shot chooses the components; drop --components or --few-shot")
     if out.exists():
         raise DseError(f"{out} already exists; choose another --out or remove it")
     if not out.parent.is_dir():
@@ -52,6 +79,18 @@ def probe_pack_command(
     h, w = parse_input_size(input_size) if input_size else meta["input_size"]
     size = (int(h), int(w))
     check_input_size(network, size, torch.device("cpu"))
+    if few is not None:
+        from db.session import open_store
+        from profiling.probe_pack import few_shot_components
+
+        engine = open_store(db)
+        try:
+            keys, notes = few_shot_components(engine, network, few, model_name=name or checkpoint.stem,
+                                              input_size=size, batch=batch)
+        finally:
+            engine.dispose()
+        for note in notes:
+            err_console.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
     with err_console.status("exporting the components to ONNX..."):
         info = write_pack(network.eval(), out, model_name=name or checkpoint.stem,
                           input_size=size, batch=batch, components=keys)
@@ -62,15 +101,23 @@ def probe_pack_command(
         return
     console.print(f"wrote {info.path}: {len(info.components)} component(s), pack "
                   f"{info.sha256[:12]}")
+    if few is not None and keys is not None:
+        extra = len(info.components) - len(keys)
+        console.print(f"few-shot: {len(keys)} component(s) chosen from {', '.join(few.references)}"
+                      + (f", plus {extra} producer(s) of their inputs" if extra else ""),
+                      markup=False, highlight=False)
+    then = f" --reference {','.join(few.references)}" if few is not None else ""
+    cross = " --allow-cross-runtime" if few is not None and few.allow_cross_runtime else ""
     console.print("on the device (needs only numpy and onnxruntime):\n"
                   f"  python {info.path.name}/probe.py {info.path.name} [--threads N]\n"
                   "back here:\n"
-                  f"  dse profile --import {info.path}/results.json --device NAME",
+                  f"  dse profile --import {info.path}/results.json --device NAME{then}{cross}",
                   markup=False, highlight=False)
 
 
 def import_probe(results: Path, pack: Path | None, device: str, db: str, json_output: bool, *,
-                 keep_noisy: bool, threshold: float) -> None:
+                 keep_noisy: bool, threshold: float, references: tuple[str, ...] = (),
+                 allow_cross_runtime: bool = False) -> None:
     """`dse profile --import RESULTS`: check everything, then store in one transaction."""
     from db.session import open_store
     from profiling.probe_pack import import_results, read_results
@@ -79,7 +126,8 @@ def import_probe(results: Path, pack: Path | None, device: str, db: str, json_ou
     engine = open_store(db, create=True)
     try:
         imported = import_results(engine, checked, device_name=device, keep_noisy=keep_noisy,
-                                  threshold=threshold)
+                                  threshold=threshold, references=references,
+                                  allow_cross_runtime=allow_cross_runtime)
     finally:
         engine.dispose()
     for warning in imported.warnings:
@@ -89,7 +137,9 @@ def import_probe(results: Path, pack: Path | None, device: str, db: str, json_ou
                                "model_id": imported.model_id,
                                "imported": len(imported.stored),
                                "pack_sha256": checked.pack_sha256,
-                               "results_sha256": checked.sha256}, sort_keys=True))
+                               "results_sha256": checked.sha256,
+                               "few_shot": None if imported.few_shot is None
+                               else imported.few_shot.as_dict()}, sort_keys=True))
         return
     fp = checked.fingerprint
     console.print(
@@ -100,3 +150,6 @@ def import_probe(results: Path, pack: Path | None, device: str, db: str, json_ou
     if imported.verdict is not None and imported.verdict.ok:
         console.print(imported.verdict.line(what="probe results") + " (no closed loop: the "
                       "probe times components only)", markup=False, highlight=False)
+    if imported.few_shot is not None:
+        console.print(imported.few_shot.line(device), markup=False, highlight=False,
+                      soft_wrap=True)

@@ -86,25 +86,42 @@ def profile_command(
         "--import", help="Store the results file a probe pack's probe.py wrote on a device.")] = None,
     pack: Annotated[Path | None, typer.Option(
         "--pack", help="With --import: the pack folder (default: the one holding RESULTS).")] = None,
+    few_shot: Annotated[int | None, typer.Option(
+        "--few-shot", help="Measure only K components here and predict the rest from the "
+                           "--reference devices' full profiles.")] = None,
+    reference: Annotated[str | None, typer.Option(
+        "--reference", help="With --few-shot (or --import of a few-shot pack): devices whose "
+                            "full profiles predict the rest, comma-separated.")] = None,
+    allow_cross_runtime: Annotated[bool, typer.Option(
+        "--allow-cross-runtime", help="Let a reference profiled with another runtime predict "
+                                      "this one.")] = False,
     arch_trust: ArchTrustOption = None,
     db: DbOption = DEFAULT_DB,
     json_output: JsonOption = False,
 ) -> None:
     """Profile a checkpoint: accuracy on a calibration split, then latency on this machine."""
-    refuse_empty(data=data, data_root=data_root, input_size=input_size, arch_trust=arch_trust)
+    refuse_empty(data=data, data_root=data_root, input_size=input_size, arch_trust=arch_trust,
+                 reference=reference)
     # Names go into the store and onto every table: checked at the door, before any work.
     check_user_name(device, "--device")
+    references = parse_references(reference, allow_cross_runtime=allow_cross_runtime)
     if import_results is not None:
         if checkpoint is not None:
             raise DseError("--import stores a probe's results and takes no --checkpoint "
                            "(the pack names the model); drop one")
+        if few_shot is not None:
+            raise DseError("--import stores what the pack timed: choose the components with "
+                           "`dse probe-pack --few-shot K --reference DEV`, then import with "
+                           "--reference DEV (no --few-shot)")
         from dse.cli._probe import import_probe
 
         timing_settings(warmup=warmup, repeat=repeat, min_time=min_time, stability=stability,
                         remeasure=remeasure)  # a bad --stability-threshold: one line, first
         import_probe(import_results, pack, device, db, json_output, keep_noisy=keep_noisy,
-                     threshold=stability)
+                     threshold=stability, references=references,
+                     allow_cross_runtime=allow_cross_runtime)
         return
+    few = few_shot_request(few_shot, references, allow_cross_runtime=allow_cross_runtime)
     if pack is not None:
         raise DseError("--pack goes with --import RESULTS")
     if checkpoint is None:
@@ -124,11 +141,46 @@ def profile_command(
                                stability=stability, remeasure=remeasure),
         batch=batch, batch_size=batch_size, name=name, keep_noisy=keep_noisy,
         runtime=runtime, optimization=optimization, provider=provider,
-        arch_trust=arch_trust,
+        arch_trust=arch_trust, few_shot=few,
     )
     with ProfileBars() as bars:
         outcome = run_profile(db, request, progress=bars.advance, warn=_warn)
     print_profile(outcome, json_output=json_output)
+
+
+def parse_references(text: str | None, *, allow_cross_runtime: bool) -> tuple[str, ...]:
+    """`--reference A,B` -> ("A", "B"), each a valid device name; () when not given."""
+    if text is None:
+        if allow_cross_runtime:
+            raise DseError("--allow-cross-runtime goes with --reference DEV[,DEV...]")
+        return ()
+    names = tuple(n.strip() for n in text.split(","))
+    if not all(names):
+        raise DseError(f"--reference {text!r} has an empty name; give DEV[,DEV...]")
+    if len(set(names)) != len(names):
+        raise DseError(f"--reference {text!r} names a device twice")
+    for name in names:
+        check_user_name(name, "--reference")
+    return names
+
+
+def few_shot_request(k: int | None, references: tuple[str, ...], *,
+                     allow_cross_runtime: bool) -> Any:
+    """The few-shot part of a request (None: a full profile); a bad combination is one line."""
+    if k is None:
+        if references:
+            raise DseError("--reference goes with --few-shot K (or with --import RESULTS of a "
+                           "few-shot pack); add --few-shot K or drop --reference")
+        return None
+    if k < 1:
+        raise DseError(f"--few-shot K is the number of components to measure here: at least "
+                       f"1, got {k}")
+    if not references:
+        raise DseError("--few-shot K needs --reference DEV[,DEV...]: the devices whose full "
+                       "profiles of this model predict the components not measured here")
+    from profiling.fewshot_profile import FewShot
+
+    return FewShot(k=k, references=references, allow_cross_runtime=allow_cross_runtime)
 
 
 _TIMING_OPTIONS = {"warmup": "--warmup", "repeat": "--repeat", "min_time_s": "--min-time",
@@ -187,11 +239,11 @@ def print_profile(outcome: ProfileOutcome, *, json_output: bool) -> None:
         console.print(lat.verdict.line(what="latency measurement"))
     measured = outcome.accuracy.measured_samples if outcome.accuracy else None
     _report([r.as_dict() for r in outcome.rows], lat, outcome.device, json_output,
-            accuracy_measured=measured)
+            accuracy_measured=measured, few_shot=outcome.few_shot)
 
 
 def _report(rows: list[dict], lat: Any, device: str, json_output: bool, *,
-            accuracy_measured: int | None) -> None:
+            accuracy_measured: int | None, few_shot: Any = None) -> None:
     paths = [
         {"path": c.name, "taken": c.taken, "measured_ms": c.measured.p50_ms,
          "predicted_ms": c.predicted_ms, "deviation": c.deviation}
@@ -204,6 +256,7 @@ def _report(rows: list[dict], lat: Any, device: str, json_output: bool, *,
             "latency_skipped": len(lat.skipped) if lat else None,
             "latency_quality": None if lat is None or lat.verdict is None else {
                 "ok": lat.verdict.ok, "line": lat.verdict.line(), **lat.verdict.quality},
+            "few_shot": None if few_shot is None else few_shot.as_dict(),
         }, sort_keys=True, default=str))
         for row in rows:
             typer.echo(json.dumps({"device": device, **row}, sort_keys=True))
@@ -215,6 +268,8 @@ def _report(rows: list[dict], lat: Any, device: str, json_output: bool, *,
     if lat is not None:
         console.print(f"latency on {device} (device id {lat.device.id}): measured "
                       f"{len(lat.measured)} component(s), {len(lat.skipped)} already stored")
+    if few_shot is not None:
+        console.print(few_shot.line(device), markup=False, highlight=False, soft_wrap=True)
     _print_table(rows, device)
     if paths:
         table = Table(title="closed loop: real cascade vs sum of components (median ms)")

@@ -37,6 +37,7 @@ h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 2px solid #dee2e6; padding-bot
 margin-top: 2.5rem; } h3 { margin-top: 1.8rem; }
 .sub, .note { color: #6c757d; }
 .warning { color: #8a4b00; background: #fff3cd; padding: 4px 8px; }
+.predicted { color: #8a4b00; font-size: 0.8em; font-weight: normal; }
 dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 0.2rem 1rem; }
 dl.meta dt { font-weight: 600; } dl.meta dd { margin: 0; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1rem; }
@@ -91,7 +92,7 @@ def _run_section(data: RunData, figures: _Figures) -> str:
     rid = run.id
     parts = [
         f"<section id=\"run-{rid}\"><h2>Run {rid}: {esc(run.model_name)} on "
-        f"{esc(run.device_name)}</h2>",
+        f"{esc(run.device_name)}{_predicted_mark(data)}</h2>",
         run_meta(data),
         "<h3>Summary (paper use cases)</h3>",
         summary_table(summary_rows(run, cands)),
@@ -130,6 +131,18 @@ def _trust(data: RunData) -> str:
     text = trust.warning or f"latencies {trust.status}: {trust.figures}"
     return (f"<p class=\"{css} trust\" data-trust=\"{esc(trust.status)}\">Latency measurement "
             f"quality on {esc(trust.device)}: {esc(text)}</p>")
+
+
+def _predicted_mark(data: RunData) -> str:
+    """A mark beside the device's name when its latencies are partly predicted (few-shot)."""
+    trust = data.trust
+    if trust is None or not trust.predicted_rows:
+        return ""
+    err = (trust.prediction or {}).get("cv_error")
+    expected = f", expected error {err:.0%} median" if isinstance(err, float) else ""
+    return (f" <span class=\"predicted\" data-predicted=\"{trust.predicted_rows}/"
+            f"{trust.components}\">(latencies predicted for {trust.predicted_rows} of "
+            f"{trust.components} components{esc(expected)})</span>")
 
 
 def _histograms(data: RunData, figures: _Figures, colors: dict[str, str]) -> str:
