@@ -217,8 +217,9 @@ def store_predictions(s: Session, references: References, *, model_id: int, devi
     if not targets:
         return FewShotResult(measured=tuple(measured), predicted=(), model=None,
                              references=names)
-    model = fit_transfer(usable, references.latency_ms)
-    predicted = model.predict(references.latency_ms, targets)
+    kinds = {key: key[0] for key in references.keys}
+    model = fit_transfer(usable, references.latency_ms, kinds, targets)
+    predicted = model.predict(references.latency_ms, targets, kinds)
     quality = {**model.as_dict(), "components": len(references.keys)}
     for key in targets:
         ref = references.rows[key]

@@ -100,7 +100,8 @@ def test_few_shot_measures_k_predicts_the_rest_and_everything_says_so(
     gap = next(x for x in captured.err.splitlines() if "few-shot prediction" in x)
     result = _lines(captured.out)[0]
     assert f"{result['latency_error']:+.1%}" in gap and "expected" in gap
-    assert result["latency_prediction"]["model"] == few["model"]
+    stored = {r.quality["model"] for r in _rows(db, "new", include_predicted=True) if r.predicted}
+    assert stored == {result["latency_prediction"]["model"]}  # the newest few-shot fit's
 
     # a later full profile measures the predicted components (and any stored noisy: a busy
     # test machine) and replaces them

@@ -64,3 +64,22 @@ def test_a_reference_lacking_a_measured_component_is_named() -> None:
     key = next(iter(ref))
     with pytest.raises(ValueError, match="reference 'partial' has no latency"):
         fit_transfer({key: 1.0}, {"partial": {}})
+
+
+def test_kinds_that_move_apart_are_recovered_by_a_kind_model() -> None:
+    ref, kinds = _reference(n=50)
+    factor = {"segment": 0.4, "head": 0.5, "decision": 1.6, "upsample": 1.2, "final": 0.8}
+    new = {key: factor[kinds[key]] * v for key, v in ref.items()}
+    chosen = choose_components(ref, kinds, 10)
+    targets = [k for k in ref if k not in chosen]
+    model = fit_transfer({key: new[key] for key in chosen}, {"ref": ref}, kinds, targets)
+    assert model.kind == "kind-scale" and model.cv_error == pytest.approx(0.0, abs=1e-12)
+    assert model.as_dict()["offsets"]["decision"] == pytest.approx(np.log(1.6))
+    predicted = model.predict({"ref": ref}, targets, kinds)
+    for key in targets:
+        assert predicted[key] == pytest.approx(new[key], rel=1e-12)
+    # without the kinds, no single line fits: the error estimate says so
+    plain = fit_transfer({key: new[key] for key in chosen}, {"ref": ref})
+    assert plain.cv_error is not None and plain.cv_error > 0.2
+    with pytest.raises(ValueError, match="needs each component's kind"):
+        model.predict({"ref": ref}, targets)
