@@ -55,10 +55,14 @@ def load() -> str:
 
 
 def copy_store(source: Path, target: Path) -> None:
-    """A consistent copy of a SQLite store, opened read-only (a store being written is fine)."""
+    """A consistent copy of a SQLite store, opened read-only. Without a write-ahead log beside
+    it the file is opened immutable (SQLite then creates no -wal/-shm files next to it); with
+    one (a store being written) read-only, which SQLite needs to read the log consistently."""
     if not source.is_file():
         sys.exit(f"error: {source} is not a SQLite file; give the store to read")
-    src = sqlite3.connect(f"file:{source.resolve()}?mode=ro", uri=True)
+    wal = source.with_name(source.name + "-wal")
+    mode = "mode=ro" if wal.exists() and wal.stat().st_size > 0 else "mode=ro&immutable=1"
+    src = sqlite3.connect(f"file:{source.resolve()}?{mode}", uri=True)
     dst = sqlite3.connect(target)
     try:
         src.backup(dst)
