@@ -41,8 +41,8 @@ def _progress() -> Progress:
     )
 
 
-def _print_table(rows: list[dict], device: str) -> None:
-    table = Table(title=f"exits (path cost from the input; latency on {device})")
+def _print_table(rows: list[dict], device: str, note: str = "") -> None:
+    table = Table(title=f"exits (path cost from the input; latency on {device}{note})")
     for col in ("exit", "mIoU", "GFLOPs", "p50 ms"):
         table.add_column(col, justify="left" if col == "exit" else "right")
     for r in rows:
@@ -270,7 +270,8 @@ def _report(rows: list[dict], lat: Any, device: str, json_output: bool, *,
                       f"{len(lat.measured)} component(s), {len(lat.skipped)} already stored")
     if few_shot is not None:
         console.print(few_shot.line(device), markup=False, highlight=False, soft_wrap=True)
-    _print_table(rows, device)
+    _print_table(rows, device, "" if few_shot is None or not few_shot.predicted else
+                 f", {len(few_shot.predicted)} component(s) predicted")
     if paths:
         table = Table(title="closed loop: real cascade vs sum of components (median ms)")
         for col in ("path", "measured", "predicted", "deviation"):
