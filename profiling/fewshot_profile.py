@@ -117,7 +117,8 @@ def load_references(s: Session, names: Sequence[str], *, model_id: int | None, m
     Args:
         names: the reference devices.
         runtime: the runtime of the device to predict ("torch", "onnxruntime").
-        device_name: the device to predict (it cannot be its own reference).
+        device_name: the device to predict (it cannot be its own reference; its setup of
+            another runtime can, with `allow_cross_runtime`).
         expected: every component the network has (None: the first reference's components).
 
     Raises:
@@ -130,14 +131,11 @@ def load_references(s: Session, names: Sequence[str], *, model_id: int | None, m
     devices, latency, warnings = [], {}, []
     rows_of_first: dict[Key, LatencyRecord] = {}
     for name in names:
-        if name == device_name:
+        device = _reference_device(s, name, runtime)
+        theirs = repository.device_runtime(device.fingerprint)
+        if device.name == device_name and theirs == runtime:  # another runtime is another setup
             raise ProfilingError(f"--reference {name}: that is the device being profiled; name "
                                  "devices with a full profile of this model")
-        try:
-            device = repository.get_device(s, name)
-        except StorageError as exc:
-            raise ProfilingError(f"--reference: {exc}") from exc
-        theirs = str(device.fingerprint.get("runtime", "torch"))
         if theirs != runtime and not allow_cross_runtime:
             raise ProfilingError(
                 f"reference {name!r} was profiled with {theirs}, this profile runs {runtime}; "
@@ -171,6 +169,17 @@ def load_references(s: Session, names: Sequence[str], *, model_id: int | None, m
         latency[name] = {k: float(have[k].estimate_ms) for k in rows_of_first}
     return References(devices=tuple(devices), latency_ms=latency, rows=rows_of_first,
                       warnings=tuple(warnings))
+
+
+def _reference_device(s: Session, name: str, runtime: str) -> DeviceRecord:
+    """A reference by name (its setup of `runtime` when it has one, else its newest) or id."""
+    try:
+        try:
+            return repository.select_device(s, name, runtime=runtime).device
+        except StorageError:
+            return repository.select_device(s, name).device
+    except StorageError as exc:
+        raise ProfilingError(f"--reference: {exc}") from exc
 
 
 def plan_components(references: References, k: int) -> list[Key]:

@@ -160,7 +160,8 @@ def parse_references(text: str | None, *, allow_cross_runtime: bool) -> tuple[st
     if len(set(names)) != len(names):
         raise DseError(f"--reference {text!r} names a device twice")
     for name in names:
-        check_user_name(name, "--reference")
+        if not name.isdigit():  # a device id names one setup of a device
+            check_user_name(name, "--reference")
     return names
 
 

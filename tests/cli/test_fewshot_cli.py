@@ -119,7 +119,7 @@ def test_k_beyond_the_components_measures_everything(checkpoint, reference, tmp_
     db = _copy(reference, tmp_path)
     capsys.readouterr()
     assert main(["profile", "--checkpoint", str(checkpoint), "--device", "new", "--db", db,
-                 *FAST, "--no-accuracy", "--few-shot", "100", "--reference", "ref"]) == 0
+                 *FAST, "--no-accuracy", "--few-shot", "100", "--reference", "1"]) == 0  # an id
     assert "all 11 components measured, nothing predicted" in capsys.readouterr().out
     rows = _rows(db, "new", include_predicted=True)
     assert len(rows) == COMPONENTS and not any(r.predicted for r in rows)
@@ -151,12 +151,14 @@ def _other_runtime_device(db: str) -> None:
     (["--few-shot", "3"], "--few-shot K needs --reference"),
     (["--reference", "ref"], "--reference goes with --few-shot K"),
     (["--few-shot", "3", "--reference", "nosuch"], "unknown device 'nosuch'"),
+    (["--few-shot", "3", "--reference", "999"], "unknown device"),
     (["--few-shot", "3", "--reference", "ref,ref"], "names a device twice"),
     (["--few-shot", "3", "--reference", "other-size"],
      "reference 'other-size' has no latency profile of model 'tiny' at input 1x3x32x32"),
     (["--few-shot", "3", "--reference", "ort"],
      "reference 'ort' was profiled with onnxruntime, this profile runs torch"),
-    (["--few-shot", "3", "--reference", "new"], "that is the device being profiled"),
+    (["--device", "ref", "--few-shot", "3", "--reference", "ref"],
+     "that is the device being profiled"),
     (["--allow-cross-runtime"], "--allow-cross-runtime goes with --reference"),
 ])
 def test_bad_few_shot_input_is_one_line_exit_2_and_stores_nothing(

@@ -95,6 +95,8 @@ def test_references_that_cannot_serve_are_named(tmp_path) -> None:
             _refs(s, ["nope"])
         with pytest.raises(ProfilingError, match="the device being profiled"):
             _refs(s, ["ref"], device_name="ref")
+        # the same name's setup of another runtime is another device
+        assert _refs(s, ["ort"], device_name="ort", allow_cross_runtime=True).keys
     engine.dispose()
     with pytest.raises(ValueError, match="few_shot.k: must be >= 1"):
         FewShot(k=0, references=("ref",))
