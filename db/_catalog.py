@@ -283,6 +283,8 @@ def runtime_label(fingerprint: Mapping[str, Any]) -> str:
         parts.append(f"{threads} thread{'' if threads == 1 else 's'}")
     if fingerprint.get("graph_optimization") is not None:
         parts.append(f"opt {fingerprint['graph_optimization']}")
+    if fingerprint.get("intra_op_spinning") is True:  # off unless asked (profiling.ort_probe)
+        parts.append("spinning")
     head = f"{runtime} {version}" if isinstance(version, str) and version else runtime
     return f"{head} ({', '.join(parts)})" if parts else head
 

@@ -172,6 +172,40 @@ def test_devices_keyed_by_name_and_fingerprint(engine) -> None:
             repo.get_device(s, "jetsn")
 
 
+def test_one_name_several_runtime_setups(engine) -> None:
+    ort = {"runtime": "onnxruntime", "onnxruntime": "1.32.0", "threads": 1,
+           "graph_optimization": "all", "provider": "CPUExecutionProvider"}
+    with session_scope(engine) as s:
+        eager = repo.upsert_device(s, name="laptop", fingerprint={"torch": "2.14.1", "threads": 2})
+        one = repo.upsert_device(s, name="laptop", fingerprint=ort)
+        two = repo.upsert_device(s, name="laptop", fingerprint={
+            **ort, "threads": 2, "intra_op_spinning": False})
+        assert [repo.runtime_label(d.fingerprint) for d in (eager, one, two)] == [
+            "torch 2.14.1 (2 threads)", "onnxruntime 1.32.0 (1 thread, opt all)",
+            "onnxruntime 1.32.0 (2 threads, opt all)"]
+        assert repo.runtime_label({"torch": "2.14.1", "compute": "cuda", "threads": 1}) == \
+            "torch 2.14.1 (cuda, 1 thread)"
+        assert repo.runtime_label({**ort, "threads": 2, "intra_op_spinning": True,
+                                   "provider": "CUDAExecutionProvider"}) == \
+            "onnxruntime 1.32.0 (CUDAExecutionProvider, 2 threads, opt all, spinning)"
+        assert repo.select_device(s, "laptop", runtime="torch") == repo.DeviceChoice(device=eager)
+        assert repo.select_device(s, str(one.id)) == repo.DeviceChoice(device=one)
+        bare = repo.select_device(s, "laptop")
+        assert bare.device == two and bare.note is not None
+        assert "has 3 setups" in bare.note and "--runtime onnxruntime|torch" in bare.note
+        # one runtime named, two of its setups (threads) left: only an id tells them apart
+        chosen = repo.select_device(s, "laptop", runtime="onnxruntime")
+        assert chosen.device == two and chosen.note is not None
+        assert chosen.note.endswith(f"(id {two.id}); pick another with --device ID")
+        assert f"onnxruntime 1.32.0 (1 thread, opt all): id {one.id}" in chosen.note
+        # a re-profiled torch (new drivers): the same setup, the newest, no note
+        repo.upsert_device(s, name="box", fingerprint={"torch": "2.14.1", "cuda": "12.8"})
+        newer = repo.upsert_device(s, name="box", fingerprint={"torch": "2.14.1", "cuda": "13.0"})
+        assert repo.select_device(s, "box") == repo.DeviceChoice(device=newer)
+        assert repo.names_with_several_setups([("laptop", 1), ("laptop", 2), ("box", 4),
+                                               ("box", 4)]) == {"laptop"}
+
+
 def test_latency_statistics_and_replacement(engine) -> None:
     samples = np.array([5.0, 1.0, 2.0, 3.0, 4.0, 10.0])
     with session_scope(engine) as s:
