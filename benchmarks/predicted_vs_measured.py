@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="the run's model checkpoint")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per image")
     parser.add_argument("--limit", type=int, default=None, help="first N calibration images")
+    parser.add_argument("--whole-front", action="store_true",
+                        help="every front-1 point, also those outside the run's constraints")
     parser.add_argument("--data-root", default=None, help="folder of a folder dataset (camvid...)")
     args = parser.parse_args(argv)
 
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     engine = open_store(args.db)
     try:
         with session_scope(engine, readonly=True) as s:
-            front = [c for c in repository.list_candidates(s, args.run, front=1) if c.feasible]
+            front = [c for c in repository.list_candidates(s, args.run, front=1)
+                     if c.feasible or args.whole_front]
         stored = [read_candidate(engine, args.run, cand.index) for cand in front]
     finally:
         engine.dispose()

@@ -130,8 +130,7 @@ def front(stored: Any) -> list[Any]:
 
 
 def describe(cand: Any) -> str:
-    chain = " -> ".join(e.split("/")[0] + "/" + e.split("/")[1].split("-")[0]
-                        if "/" in e else e for e in cand.exits)
+    chain = " -> ".join(cand.exits)
     return f"{chain} (th_pix {list(cand.th_pix)}, th_img {cand.th_img})"
 
 
