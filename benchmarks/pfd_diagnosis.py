@@ -23,14 +23,10 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-
-from training._stages import position_of, upsample
 from training.checkpoint import load_checkpoint
 from training.data import build_dataset
 from training.heads import FINAL_EXIT
-from training.metrics import ConfusionMatrix
+from training.train import evaluate_exit_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
@@ -41,20 +37,10 @@ RARE = {2, 6, 7, 9, 10}  # < 2% of train pixels (data README)
 def per_class(path: str, root: str) -> dict[str, tuple[float, ...]]:
     """IoU per class (NaN where a class is absent) at every exit of the checkpoint, on val."""
     network, meta = load_checkpoint(path)
-    network.eval()
     size = tuple(meta["input_size"])
     val = build_dataset("camvid", root=root, split="val", input_size=(size[0], size[1]))
-    ids = list(network.exit_ids)
-    matrices = {e: ConfusionMatrix(network.num_classes) for e in [*ids, FINAL_EXIT]}
-    with torch.no_grad():
-        for images, labels in DataLoader(val, batch_size=8, shuffle=False):
-            shape = (labels.shape[-2], labels.shape[-1])
-            features, final_native = network.backbone_features(images)
-            matrices[FINAL_EXIT].update(upsample(final_native, shape).argmax(1), labels)
-            for exit_id in ids:
-                logits = network.run_head(exit_id, features[position_of(exit_id)])
-                matrices[exit_id].update(upsample(logits, shape).argmax(1), labels)
-    return {e: m.compute().iou for e, m in matrices.items()}
+    scores = evaluate_exit_scores(network, val, exit_ids=list(network.exit_ids))
+    return {e: score.iou for e, score in scores.items()}
 
 
 def mean(values: list[float]) -> float:

@@ -34,7 +34,7 @@ from training.data import SegmentationDataset, class_weights
 from training.errors import TrainingError
 from training.feature_cache import CachedViews, load_or_build
 from training.heads import FINAL_EXIT
-from training.metrics import ConfusionMatrix
+from training.metrics import ConfusionMatrix, SegmentationScores
 
 if TYPE_CHECKING:
     from training.network import MessNetwork
@@ -159,6 +159,20 @@ def evaluate_exits(
     device: str = "cpu",
 ) -> dict[str, float]:
     """Validation mIoU (0-1) per exit id and for ``final``, one backbone pass per batch."""
+    scores = evaluate_exit_scores(network, dataset, exit_ids=exit_ids, batch_size=batch_size,
+                                  device=device)
+    return {e: score.miou for e, score in scores.items()}
+
+
+def evaluate_exit_scores(
+    network: MessNetwork,
+    dataset: SegmentationDataset,
+    *,
+    exit_ids: Sequence[str] | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+) -> dict[str, SegmentationScores]:
+    """Validation scores (mIoU, pixel accuracy, IoU per class) per exit id and for ``final``."""
     ids = [e.id for e in network.exits] if exit_ids is None else list(exit_ids)
     matrices = {e: ConfusionMatrix(network.num_classes) for e in [*ids, FINAL_EXIT]}
     was_training = network.training
@@ -174,7 +188,7 @@ def evaluate_exits(
                 logits = network.run_head(exit_id, features[position_of(exit_id)])
                 matrices[exit_id].update(upsample(logits, size).argmax(1), labels)
     network.train(was_training)
-    return {e: m.compute().miou for e, m in matrices.items()}
+    return {e: m.compute() for e, m in matrices.items()}
 
 
 def exit_ids_of(network: MessNetwork, config: TrainConfig) -> list[str]:
