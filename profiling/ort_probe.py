@@ -17,9 +17,11 @@ execution provider, graph optimisation level, threads), the load average before 
 sha256 of the pack it ran (which ties the results to the model's weights) and a checksum of the
 file's own content. Back on the workstation: ``dse profile --import RESULTS --device NAME``.
 
-Protocol: warm-up rounds, then rounds in which every component runs once, in the order a cascade
+Protocol: warm-up rounds, then rounds in which every component runs in the order a cascade
 meets them, each fed the real output of its producer (the first segment a seeded random image),
-so a burst of load hits every component alike and each sees the caches its predecessor left.
+so a burst of load hits every component alike. Within a round a component runs ``--burst`` times
+in a row (default 2) and the last run is timed: with every candidate head in a round, a single
+run would start with caches the other components emptied, colder than any cascade runs it.
 """
 
 from __future__ import annotations
@@ -282,12 +284,14 @@ def component_runs(folder, manifest: dict, make_session, *, seed: int = 0, image
 
 # ----------------------------------------------------------------------------- timing
 def time_rounds(runs: list, *, warmup: int = 3, rounds: int = 20, min_time_s: float = 0.0,
-                max_rounds: int = 10000) -> dict:
+                max_rounds: int = 10000, burst: int = 2) -> dict:
     """The probe's own timing loop over ``[(key, run)]``: ``warmup`` untimed rounds, then rounds
-    (every component once, in order) until ``rounds`` and ``min_time_s`` are both reached (at
-    most ``max_rounds``). Returns {key: [ms per run]}."""
-    if warmup < 0 or rounds < 1 or not (min_time_s >= 0 and math.isfinite(min_time_s)):
-        raise ProbeError("warmup must be >= 0, rounds >= 1 and min-time a number >= 0")
+    (every component in order, each ``burst`` times in a row, the last run timed: warm caches,
+    as mess-dse's own protocol) until ``rounds`` and ``min_time_s`` are both reached (at most
+    ``max_rounds``). Returns {key: [ms per run]}."""
+    if warmup < 0 or rounds < 1 or burst < 1 or not (min_time_s >= 0
+                                                     and math.isfinite(min_time_s)):
+        raise ProbeError("warmup must be >= 0, rounds and burst >= 1 and min-time a number >= 0")
     samples: dict = {key: [] for key, _ in runs}
     for _ in range(warmup):
         for _, run in runs:
@@ -295,6 +299,8 @@ def time_rounds(runs: list, *, warmup: int = 3, rounds: int = 20, min_time_s: fl
     spent, done = 0.0, 0
     while done < rounds or (spent < min_time_s and done < max_rounds):
         for key, run in runs:
+            for _ in range(burst - 1):
+                run()
             start = time.perf_counter()
             run()
             elapsed = time.perf_counter() - start
@@ -313,7 +319,7 @@ def checksum(results: dict) -> str:
 
 
 def measure(folder, settings: RuntimeSettings, *, warmup: int = 3, rounds: int = 20,
-            min_time_s: float = 0.0) -> dict:
+            min_time_s: float = 0.0, burst: int = 2) -> dict:
     """Time every component of the pack in ``folder``; the results object, checksum included."""
     manifest = read_pack(folder)
     make_session = session_factory(settings)
@@ -324,7 +330,7 @@ def measure(folder, settings: RuntimeSettings, *, warmup: int = 3, rounds: int =
     clock = time.perf_counter()
     runs = [(key, lambda s=session, f=feeds: s(f))
             for key, session, feeds in component_runs(folder, manifest, make_session)]
-    samples = time_rounds(runs, warmup=warmup, rounds=rounds, min_time_s=min_time_s)
+    samples = time_rounds(runs, warmup=warmup, rounds=rounds, min_time_s=min_time_s, burst=burst)
     results = {
         "format": RESULTS_FORMAT,
         "version": RESULTS_VERSION,
@@ -333,7 +339,7 @@ def measure(folder, settings: RuntimeSettings, *, warmup: int = 3, rounds: int =
         "input_shape": manifest["input_shape"],
         "fingerprint": facts,
         "protocol": {"warmup": warmup, "rounds": rounds, "min_time_s": min_time_s,
-                     "order": "cascade, interleaved rounds"},
+                     "burst": burst, "order": "cascade, interleaved rounds"},
         "started_utc": started.isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - clock, 3),
         "load_before": load_before,
@@ -370,6 +376,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument("--rounds", type=int, default=20, help="timed rounds")
     parser.add_argument("--min-time", type=float, default=0.0, help="at least this many seconds")
+    parser.add_argument("--burst", type=int, default=2,
+                        help="runs of a component in a row per round, the last timed (default 2)")
     args = parser.parse_args(argv)
     try:
         settings = RuntimeSettings(threads=args.threads, optimization=args.optimization,
@@ -378,7 +386,7 @@ def main(argv=None) -> int:
         if not out.parent.is_dir():
             raise ProbeError(f"folder {out.parent} does not exist; create it or choose --out")
         results = measure(args.pack, settings, warmup=args.warmup, rounds=args.rounds,
-                          min_time_s=args.min_time)
+                          min_time_s=args.min_time, burst=args.burst)
         write_results(results, out)
     except ProbeError as exc:
         print(f"error: {exc}", file=sys.stderr)

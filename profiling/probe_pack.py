@@ -294,7 +294,8 @@ def judge_results(results: ProbeResults, *, threshold: float = DEFAULT_THRESHOLD
     protocol = results.provenance.get("protocol") or {}
     rounds = max(1, int(protocol.get("rounds", 1)))
     settings = ProtocolSettings(warmup=int(protocol.get("warmup", 0)), repeat=rounds,
-                                max_repeat=max(rounds, 10_000), threshold=threshold)
+                                max_repeat=max(rounds, 10_000), threshold=threshold,
+                                burst=max(1, int(protocol.get("burst", 1))))
     keys = [c["key"] for c in results.manifest["components"]]
     reference = [k for k in keys if k.startswith("segment:") or k in ("final:final",
                                                                        "upsample:final")]

@@ -59,6 +59,11 @@ class ProtocolSettings:
     threshold: float = DEFAULT_THRESHOLD
     max_remeasure: int = 2
     floor_share: float = DEFAULT_FLOOR_SHARE
+    # Runs of a component in a row within a round; only the last is timed. With 1, every
+    # component follows dozens of others and is timed with cold caches: on this CPU heads and
+    # decisions then took 1.5x their time in a cascade and cheap configurations were
+    # over-predicted by a median 25-27% (README, "Torch eager vs ONNX Runtime").
+    burst: int = 2
 
     def __post_init__(self) -> None:
         if self.warmup < 0:
@@ -75,12 +80,14 @@ class ProtocolSettings:
             raise ValueError("max_remeasure: must be >= 0")
         if not 0.0 <= self.floor_share < 1.0:
             raise ValueError("floor_share: must be in [0, 1)")
+        if self.burst < 1:
+            raise ValueError("burst: must be >= 1")
 
     def as_dict(self) -> dict[str, Any]:
         return {"protocol": "interleaved", "estimator": "median", "warmup": self.warmup,
                 "repeat": self.repeat, "min_time_s": self.min_time_s,
                 "threshold": self.threshold, "max_remeasure": self.max_remeasure,
-                "floor_share": self.floor_share}
+                "floor_share": self.floor_share, "burst": self.burst}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,12 +175,14 @@ def run_rounds(components: Sequence[tuple[K, Callable[[], object]]], *, warmup: 
                repeat: int, min_time_s: float, max_repeat: int,
                sync: Callable[[], None] = _noop,
                clock: Callable[[], float] = time.perf_counter,
-               on_round: Callable[[int], None] | None = None) -> dict[K, list[float]]:
+               on_round: Callable[[int], None] | None = None,
+               burst: int = 1) -> dict[K, list[float]]:
     """Time every component once per round, in the given order; `warmup` untimed rounds first.
 
     Rounds continue until `repeat` rounds and `min_time_s` seconds of timed work (capped at
     `max_repeat` rounds). `sync()` runs after each call, before the clock is read;
-    `on_round(rounds done)` after each timed round.
+    `on_round(rounds done)` after each timed round. Each component runs `burst` times in a row
+    and only the last run is timed (warm caches, as in a cascade).
     """
     samples: dict[K, list[float]] = {key: [] for key, _ in components}
     for _ in range(warmup):
@@ -183,6 +192,10 @@ def run_rounds(components: Sequence[tuple[K, Callable[[], object]]], *, warmup: 
     spent, rounds = 0.0, 0
     while rounds < repeat or (spent < min_time_s and rounds < max_repeat):
         for key, fn in components:
+            if burst > 1:
+                for _ in range(burst - 1):
+                    fn()
+                sync()
             start = clock()
             fn()
             sync()
@@ -233,7 +246,7 @@ def measure(components: Sequence[tuple[K, Callable[[], object]]], *,
         token = load.start()
         taken = run_rounds(todo, warmup=settings.warmup, repeat=settings.repeat,
                            min_time_s=settings.min_time_s, max_repeat=settings.max_repeat,
-                           sync=sync, clock=clock, on_round=on_round)
+                           sync=sync, clock=clock, on_round=on_round, burst=settings.burst)
         passes.append(load.stop(token))
         for key, values in taken.items():
             samples[key] = tuple(values)

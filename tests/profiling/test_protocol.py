@@ -93,6 +93,26 @@ def test_sync_runs_before_each_clock_read() -> None:
     assert events == ["run", "sync", "run", "sync"]
 
 
+def test_a_burst_times_only_the_last_run_of_each_component() -> None:
+    """Cold first runs (a head after dozens of other components) must not be what is stored:
+    within a round each component runs `burst` times in a row and only the last is timed."""
+    clock, runs = FakeClock(), {"a": 0, "b": 0}
+
+    def component(name: str):
+        def run() -> None:
+            runs[name] += 1
+            clock.advance(0.009 if runs[name] % 2 == 1 else 0.004)  # cold, then warm
+        return run
+
+    samples = run_rounds([("a", component("a")), ("b", component("b"))], warmup=0, repeat=3,
+                         min_time_s=0.0, max_repeat=10, clock=clock, burst=2)
+    assert runs == {"a": 6, "b": 6}
+    assert samples == {"a": pytest.approx([4.0] * 3), "b": pytest.approx([4.0] * 3)}
+    assert ProtocolSettings().burst == 2 and ProtocolSettings().as_dict()["burst"] == 2
+    with pytest.raises(ValueError, match="burst"):
+        ProtocolSettings(burst=0)
+
+
 def test_clean_samples_are_not_flagged() -> None:
     clock, calls = FakeClock(), []
     comps = components(clock, {"seg": steady(5.0), "head": steady(1.0, seed=1),
@@ -111,7 +131,7 @@ def test_noisy_samples_are_flagged_after_bounded_remeasurement() -> None:
     clock, calls = FakeClock(), []
     comps = components(clock, {"seg": steady(5.0), "head": noisy(1.0)}, calls)
     load = FakeLoad(0.0)
-    settings = ProtocolSettings(warmup=0, repeat=20, max_remeasure=2)
+    settings = ProtocolSettings(warmup=0, repeat=20, max_remeasure=2, burst=1)
     result = measure(comps, settings=settings, load=load, reference=["seg"], clock=clock)
     assert result.unstable == ["head"]
     q = result.quality["head"]
