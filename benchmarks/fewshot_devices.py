@@ -12,9 +12,13 @@ all devices per K:
 - the median and 90th-percentile component error |predicted / measured - 1| (predicted
   components only), and the leave-one-out estimate the profile would have stored;
 - Spearman's rank correlation (scipy.stats.spearmanr) between the measured latencies of the
-  fully measured device's stored front points (fronts 1..`--max-front`) and the latencies the
-  predicted device gives the same configurations (HELP's metric: 0.932 at 10 samples);
-- the front overlap: configurations on both front-1 sets / on either;
+  fully measured device's front points and the latencies the predicted device gives the same
+  configurations (HELP's metric: 0.932 at 10 samples), twice: over its whole front 1 (the
+  constraint excluded most of it: stored with their unconstrained front-1 rank), which spans
+  every exit from the earliest to the final one, and over the configurations within the
+  constraint (fronts 1..`--max-front`), which differ by a few percent and decide the pick;
+- the front overlap: configurations on both front-1 sets / on either (whole fronts: the
+  constraint only filters the pick);
 - whether `--target speed --max-drop-pp 1` picks the same configuration, and how far the
   prediction is off on the measured pick's latency.
 
@@ -137,6 +141,14 @@ def configuration(cand: Any, mode: str) -> Any:
     return Configuration(exits=exits, th_pix=tuple(cand.th_pix), th_img=cand.th_img, mode=mode)
 
 
+def _rho(problem: Any, points: list, mode: str, spearmanr: Any) -> float:
+    """Spearman's rho of the points' measured latencies and the predicted device's."""
+    if len(points) < 3:
+        return float("nan")
+    predicted = [problem.evaluator.evaluate(configuration(c, mode)).latency_ms for c in points]
+    return float(spearmanr([c.latency_ms for c in points], predicted).statistic)
+
+
 def picked(stored: Any) -> Any | None:
     return next((c for c in stored.candidates if c.index == stored.chosen), None)
 
@@ -210,7 +222,8 @@ def run(args: argparse.Namespace, copy: Path, ks: list[int], pairs: set) -> int:
           f" search: exhaustive, --max-exits {args.max_exits}, --target speed --max-drop-pp 1, "
           f"fronts 1..{args.max_front} stored")
     header = (f"{'held out':<18} {'K':>3} {'refs':>4} {'model':<28} {'med err':>7} "
-              f"{'p90 err':>7} {'LOO med':>7} {'rho':>6} {'n':>3} {'overlap':>7} {'pick':>5} "
+              f"{'p90 err':>7} {'LOO med':>7} {'rho':>6} {'n':>3} {'rho1pp':>6} {'n':>3} "
+              f"{'overlap':>7} {'pick':>5} "
               f"{'pick gap':>8}")
     print(header)
     summary: dict[int, list[dict]] = {k: [] for k in ks}
@@ -222,8 +235,11 @@ def run(args: argparse.Namespace, copy: Path, ks: list[int], pairs: set) -> int:
             continue
         print(f"# {held.name} ({held.runtime}): references {', '.join(d.name for d in refs)}")
         full = search(engine, url, held.name, model.name, args)
-        points = [c for c in full.candidates if c.feasible]
-        front = {config_key(c) for c in points if c.front == 1}
+        # the whole front: the constraint only filters the pick (infeasible candidates are
+        # stored with their front-1 rank among the unconstrained space)
+        whole = [c for c in full.candidates if c.front == 1]
+        near = [c for c in full.candidates if c.feasible]
+        front = {config_key(c) for c in whole}
         full_pick = picked(full)
         references = References(devices=(), latency_ms={d.name: d.latency_ms for d in refs},
                                 rows=refs[0].rows)
@@ -248,12 +264,10 @@ def run(args: argparse.Namespace, copy: Path, ks: list[int], pairs: set) -> int:
                         s, model_id=model.id, device_id=dev.id, include_predicted=True))}
             errors = [abs(predicted_ms[c] / held.latency_ms[c] - 1) for c in result.predicted]
             pred = search(engine, url, name, model.name, args)
-            pred_front = {config_key(c) for c in pred.candidates if c.feasible and c.front == 1}
+            pred_front = {config_key(c) for c in pred.candidates if c.front == 1}
             mode = full.run.mode
-            lat_pred = [problem.evaluator.evaluate(configuration(c, mode)).latency_ms
-                        for c in points]
-            rho = (float(spearmanr([c.latency_ms for c in points], lat_pred).statistic)
-                   if len(points) >= 3 else float("nan"))
+            rho = _rho(problem, whole, mode, spearmanr)
+            rho_near = _rho(problem, near, mode, spearmanr)
             overlap = len(front & pred_front) / len(front | pred_front)
             pred_pick = picked(pred)
             same = (full_pick is not None and pred_pick is not None
@@ -264,25 +278,30 @@ def run(args: argparse.Namespace, copy: Path, ks: list[int], pairs: set) -> int:
             row = {"med": float(np.median(errors)) if errors else 0.0,
                    "p90": float(np.percentile(errors, 90)) if errors else 0.0,
                    "loo": m.cv_error if m is not None else None, "rho": rho,
+                   "rho_near": rho_near,
                    "overlap": overlap, "same": same, "gap": gap, "errors": errors}
             summary[k].append(row)
             loo = "-" if row["loo"] is None else f"{row['loo']:.1%}"
             print(f"{held.name:<18} {k:>3} {len(refs):>4} "
                   f"{(m.name if m else 'all measured')[:28]:<28} {row['med']:>7.1%} "
-                  f"{row['p90']:>7.1%} {loo:>7} {rho:>6.3f} {len(points):>3} {overlap:>7.2f} "
+                  f"{row['p90']:>7.1%} {loo:>7} {rho:>6.3f} {len(whole):>3} {rho_near:>6.3f} "
+                  f"{len(near):>3} {overlap:>7.2f} "
                   f"{'same' if same else 'diff':>5} {gap:>+8.1%}", flush=True)
     print(f"# overall (per K, over held-out devices; component errors pooled) [{load()}]")
     print(f"{'K':>3} {'devices':>7} {'med err':>7} {'p90 err':>7} {'rho med':>7} {'rho min':>7} "
-          f"{'overlap':>7} {'same pick':>9}")
+          f"{'1pp med':>7} {'1pp min':>7} {'overlap':>7} {'same pick':>9}")
     for k, rows in summary.items():
         if not rows:
             continue
         pooled = [e for r in rows for e in r["errors"]]
         rhos = [r["rho"] for r in rows if not np.isnan(r["rho"])]
+        nears = [r["rho_near"] for r in rows if not np.isnan(r["rho_near"])]
         print(f"{k:>3} {len(rows):>7} {float(np.median(pooled)) if pooled else 0.0:>7.1%} "
               f"{float(np.percentile(pooled, 90)) if pooled else 0.0:>7.1%} "
               f"{statistics.median(rhos) if rhos else float('nan'):>7.3f} "
               f"{min(rhos) if rhos else float('nan'):>7.3f} "
+              f"{statistics.median(nears) if nears else float('nan'):>7.3f} "
+              f"{min(nears) if nears else float('nan'):>7.3f} "
               f"{statistics.mean(r['overlap'] for r in rows):>7.2f} "
               f"{str(sum(r['same'] for r in rows)) + '/' + str(len(rows)):>9}")
     engine.dispose()
