@@ -70,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     dataset = build_dataset(calib.dataset, root=args.data_root, split=calib.split,
                             input_size=stored[0].input_size, size=size)
     same = list(dataset.sample_ids) == list(calib.sample_ids)
+    if not same:
+        print(f"note: the predictions average over the run's {calib.num_samples} calibration "
+              f"images, the measurement over {len(dataset)} images; their exit rates differ, and "
+              "that difference shows up as latency error. To test the latency model alone, "
+              "search on a calibration selection of the measured images (e.g. `dse profile "
+              "--split 'val[0:50]' --no-latency`, then `dse pareto --calibration 'val[0:50]'`).",
+              file=sys.stderr)
 
     rows = []
     for one in stored:
