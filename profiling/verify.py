@@ -316,8 +316,10 @@ def measure_cascade(
             inputs.append(x)
             if progress is not None:
                 progress(index + 1, total)
+    # burst=1: each image runs once per round, as a stream runs each frame once (the kernels
+    # are warm from the image before); the profile's burst is for components, not images.
     result = measure_torch([(i, partial(module, x)) for i, x in enumerate(inputs)],
-                           device=device, settings=replace(timing, warmup=0), load=load)
+                           device=device, settings=replace(timing, warmup=0, burst=1), load=load)
     latencies = [result.estimate_ms(i) for i in range(total)]
     spreads = sorted(q.rel_spread for q in result.quality.values())
     last = result.passes[-1]
