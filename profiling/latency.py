@@ -266,7 +266,7 @@ def profile_latency(
         elif record is None:  # nothing to measure and nothing stored: cannot happen
             raise ProfilingError("the network has no component to time")
         if verdict is not None and not verdict.ok:
-            warnings.append(f"{verdict.line()}; stored marked noisy (--keep-noisy)")
+            warnings.append(f"{verdict.line()}; stored marked noisy")
         skipped = tuple(component_key(k, n) for k, n in keys if (k, n) in stored)
         return LatencyResult(device=record, measured=tuple(component_key(*k) for k in missing),
                              skipped=skipped, paths=tuple(checks), warnings=tuple(warnings),
