@@ -15,3 +15,20 @@ def checkpoint(tmp_path_factory):
                         positions=["layer1.1", "layer3.1"])
     save_checkpoint(path, net, meta={"input_size": [32, 32], "dataset": "synthetic"})
     return path
+
+
+@pytest.fixture
+def store_counts():
+    """`counts(db) -> {table: rows}`: what a refused command must leave unchanged."""
+    from db import repository
+    from db.session import open_store, session_scope
+
+    def counts(db: str) -> dict[str, int]:
+        engine = open_store(db)
+        try:
+            with session_scope(engine, readonly=True) as s:
+                return repository.row_counts(s)
+        finally:
+            engine.dispose()
+
+    return counts

@@ -34,18 +34,6 @@ def _rows(db: str, device: str, *, include_predicted: bool) -> list:
         engine.dispose()
 
 
-def _counts(db: str) -> dict[str, int]:
-    from db import repository
-    from db.session import open_store, session_scope
-
-    engine = open_store(db)
-    try:
-        with session_scope(engine, readonly=True) as s:
-            return repository.row_counts(s)
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def reference(checkpoint, tmp_path_factory) -> Path:
     """A store with the accuracy profile and a full torch profile of device 'ref'."""
@@ -162,18 +150,18 @@ def _other_runtime_device(db: str) -> None:
     (["--allow-cross-runtime"], "--allow-cross-runtime goes with --reference"),
 ])
 def test_bad_few_shot_input_is_one_line_exit_2_and_stores_nothing(
-        checkpoint, reference, tmp_path, capsys, extra, message) -> None:
+        checkpoint, reference, tmp_path, capsys, extra, message, store_counts) -> None:
     db = _copy(reference, tmp_path)
     assert main(["profile", "--checkpoint", str(checkpoint), "--device", "other-size", "--db",
                  db, *FAST, "--no-accuracy", "--input-size", "64x64"]) == 0
     _other_runtime_device(db)
     capsys.readouterr()
-    before = _counts(db)
+    before = store_counts(db)
     assert main(["profile", "--checkpoint", str(checkpoint), "--device", "new", "--db", db,
                  *FAST, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err, err
-    assert _counts(db) == before
+    assert store_counts(db) == before
 
 
 def test_a_cross_runtime_reference_serves_when_allowed(checkpoint, reference, tmp_path,
@@ -189,8 +177,8 @@ def test_a_cross_runtime_reference_serves_when_allowed(checkpoint, reference, tm
     assert few["references"] == ["ort"]
 
 
-def test_probe_pack_of_k_components_then_import_predicts_the_rest(checkpoint, reference,
-                                                                  tmp_path, capsys) -> None:
+def test_probe_pack_of_k_components_then_import_predicts_the_rest(
+        checkpoint, reference, tmp_path, capsys, store_counts) -> None:
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from profiling import ort_probe
@@ -212,14 +200,14 @@ def test_probe_pack_of_k_components_then_import_predicts_the_rest(checkpoint, re
     assert ort_probe.main([str(pack), "--rounds", "3", "--warmup", "1"]) == 0
     results = str(pack / "results.json")
     imp = ["profile", "--import", results, "--device", "pi", "--db", db, "--keep-noisy"]
-    before = _counts(db)
+    before = store_counts(db)
     for extra, message in [(["--reference", "ref"], "reference 'ref' was profiled with torch"),
                            (["--reference", "nosuch"], "unknown device 'nosuch'"),
                            (["--few-shot", "3", "--reference", "ort"], "--import stores what")]:
         assert main([*imp, *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, err
-        assert _counts(db) == before
+        assert store_counts(db) == before
     assert main([*imp, "--reference", "ort", "--json"]) == 0
     few = _lines(capsys.readouterr().out)[0]["few_shot"]
     timed = len(written["components"])

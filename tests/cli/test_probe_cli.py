@@ -22,19 +22,8 @@ def pack(checkpoint, tmp_path_factory):
     return out
 
 
-def _counts(db: str) -> dict[str, int]:
-    from db import repository
-    from db.session import open_store, session_scope
-
-    engine = open_store(db)
-    try:
-        with session_scope(engine, readonly=True) as s:
-            return repository.row_counts(s)
-    finally:
-        engine.dispose()
-
-
-def test_import_then_search_the_device(checkpoint, pack, tmp_path, capsys) -> None:
+def test_import_then_search_the_device(checkpoint, pack, tmp_path, capsys,
+                                       store_counts) -> None:
     db = str(tmp_path / "m.db")
     args = ["profile", "--import", str(pack / "results.json"), "--device", "pi", "--db", db,
             "--keep-noisy", "--json"]  # the test machine is rarely quiet
@@ -43,7 +32,7 @@ def test_import_then_search_the_device(checkpoint, pack, tmp_path, capsys) -> No
     assert line["imported"] == 11 and line["device"] == "pi"
     assert main(args) == 0  # again: the same rows, replaced
     capsys.readouterr()
-    assert _counts(db)["dse_latency"] == 11
+    assert store_counts(db)["dse_latency"] == 11
     assert main(["devices", "pi", "--json", "--db", db]) == 0
     device = json.loads(capsys.readouterr().out.splitlines()[0])
     assert device["fingerprint"]["runtime"] == "onnxruntime"
@@ -56,13 +45,14 @@ def test_import_then_search_the_device(checkpoint, pack, tmp_path, capsys) -> No
     assert rows and all(r["latency_ms"] > 0 for r in rows)
 
 
-def test_bad_imports_say_one_line_and_store_nothing(pack, tmp_path, capsys) -> None:
+def test_bad_imports_say_one_line_and_store_nothing(pack, tmp_path, capsys,
+                                                    store_counts) -> None:
     from profiling import ort_probe
 
     db = str(tmp_path / "m.db")
     assert main(["db", "upgrade", "--db", db]) == 0
     capsys.readouterr()
-    before = _counts(db)
+    before = store_counts(db)
     good = json.loads((pack / "results.json").read_text())
     newer = dict(good, version=ort_probe.RESULTS_VERSION + 1)
     newer["checksum"] = ort_probe.checksum(newer)
@@ -83,7 +73,7 @@ def test_bad_imports_say_one_line_and_store_nothing(pack, tmp_path, capsys) -> N
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.startswith("error: ") and "\n" not in err, (name, err)
         assert expected[name] in err
-        assert _counts(db) == before
+        assert store_counts(db) == before
     assert main(["profile", "--import", str(tmp_path / "newer.json"), "--device", "pi",
                  "--db", db]) == 2
     assert "give --pack" in capsys.readouterr().err
@@ -91,7 +81,7 @@ def test_bad_imports_say_one_line_and_store_nothing(pack, tmp_path, capsys) -> N
                  "--device", "pi", "--db", db]) == 2
     assert main(["profile", "--device", "pi", "--db", db]) == 2
     assert "--checkpoint" in capsys.readouterr().err
-    assert _counts(db) == before
+    assert store_counts(db) == before
 
 
 def test_probe_pack_refusals(checkpoint, pack, tmp_path, capsys) -> None:
@@ -109,7 +99,7 @@ def test_probe_pack_refusals(checkpoint, pack, tmp_path, capsys) -> None:
         assert not (tmp_path / "p").exists()
 
 
-def test_import_is_judged_like_a_profile(pack, tmp_path, capsys) -> None:
+def test_import_is_judged_like_a_profile(pack, tmp_path, capsys, store_counts) -> None:
     """Samples with a wide spread are refused (exit 3, nothing stored) unless --keep-noisy;
     steady ones are stored as stable, with their quality."""
     from db import repository
@@ -125,14 +115,14 @@ def test_import_is_judged_like_a_profile(pack, tmp_path, capsys) -> None:
         data["checksum"] = ort_probe.checksum(data)
     db = str(tmp_path / "m.db")
     assert main(["db", "upgrade", "--db", db]) == 0
-    before = _counts(db)
+    before = store_counts(db)
     (tmp_path / "spread.json").write_text(json.dumps(spread))
     (tmp_path / "steady.json").write_text(json.dumps(steady))
     base = ["profile", "--pack", str(pack), "--device", "pi", "--db", db]
     assert main([*base, "--import", str(tmp_path / "spread.json")]) == 3
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: probe results not trustworthy") and "\n" not in err
-    assert _counts(db) == before
+    assert store_counts(db) == before
     assert main([*base, "--import", str(tmp_path / "steady.json")]) == 0
     assert "probe results stable" in capsys.readouterr().out
     engine = open_store(db)
