@@ -10,7 +10,7 @@ policy, so all three run the cascade the profile measured.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +24,16 @@ from db.trust import LatencyTrust, latency_trust
 from profiling.device import DTYPES, device_fingerprint, resolve_device
 from profiling.errors import ProfilingError
 from profiling.timing import TimingSettings
-from profiling.verify import Comparison, Prediction, compare, measure_cascade
+from profiling.verify import (
+    LATENCY_TOLERANCE,
+    Comparison,
+    Prediction,
+    compare,
+    measure_cascade,
+)
 from training.cascade import CascadeModule, build_cascade_module
 from training.checkpoint import load_checkpoint, weights_sha256
+from training.heads import FINAL_EXIT
 from training.policy import ExitPolicy
 
 if TYPE_CHECKING:
@@ -188,6 +195,39 @@ class VerifyRequest:
     arch_trust: str | None = None  # a traced fx: architecture the user allows the checkpoint
 
 
+# Images of the verified split the speed check times the final-exit-only network on.
+SPEED_CHECK_IMAGES = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeedCheck:
+    """The final-exit-only network timed now against the run's prediction of it.
+
+    That cascade has no early exit and no decision, so the additive model predicts it best (the
+    profile's closed loop checks it); a gap there is this machine running at another speed than
+    when it was profiled (other load, clock, a drifting VM), not the configuration. Dividing the
+    verified latency by ``ratio`` takes that change out, and shows the configuration's own error.
+    """
+
+    predicted_ms: float
+    measured_ms: float
+    n_images: int
+
+    @property
+    def ratio(self) -> float:
+        return self.measured_ms / self.predicted_ms
+
+    def adjusted_error(self, comparison: Comparison) -> float:
+        """The verified latency error with this machine's change of speed taken out."""
+        return (comparison.measured.latency_ms / self.ratio / comparison.predicted.latency_ms
+                - 1.0)
+
+    def to_dict(self, comparison: Comparison) -> dict[str, Any]:
+        return {"predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
+                "n_images": self.n_images, "ratio": self.ratio,
+                "adjusted_latency_error": self.adjusted_error(comparison)}
+
+
 @dataclass(frozen=True, kw_only=True)
 class VerifyOutcome:
     comparison: Comparison
@@ -195,6 +235,8 @@ class VerifyOutcome:
     # the device's latencies were partly predicted (few-shot): the model, its expected error
     # and the gap this verification measured
     latency_prediction: dict[str, Any] | None = None
+    # None when the candidate is the final-exit-only network itself or the run has no baseline
+    speed_check: SpeedCheck | None = None
 
 
 def run_verify(db: str, request: VerifyRequest, *,
@@ -215,16 +257,27 @@ def run_verify(db: str, request: VerifyRequest, *,
     previous = torch.get_num_threads()
     torch.set_num_threads(target.threads)
     try:
-        measured = measure_cascade(
-            module, dataset, exit_ids=module.exit_ids, num_classes=int(network.num_classes),
-            device=target.device, dtype=target.dtype, dataset_name=dataset.name,
-            split=dataset.split, device_name=stored.run.device_name,
-            timing=TimingSettings(warmup=0, repeat=request.repeat), progress=progress,
-        )
+        try:
+            measured = measure_cascade(
+                module, dataset, exit_ids=module.exit_ids, num_classes=int(network.num_classes),
+                device=target.device, dtype=target.dtype, dataset_name=dataset.name,
+                split=dataset.split, device_name=stored.run.device_name,
+                timing=TimingSettings(warmup=0, repeat=request.repeat), progress=progress,
+            )
+        finally:
+            target.close(module)
+        speed = _speed_check(target, network, stored, dataset, repeat=request.repeat)
     finally:
         torch.set_num_threads(previous)
-        target.close(module)
     result = compare(Prediction.from_candidate(stored.candidate), measured, same_images=same)
+    if speed is not None and abs(speed.ratio - 1.0) > LATENCY_TOLERANCE:
+        warnings.append(
+            f"the final-exit-only network measured {speed.measured_ms:.3f} ms here against "
+            f"{speed.predicted_ms:.3f} ms predicted from the profile ({speed.ratio - 1:+.1%}): "
+            "this machine runs at another speed than when it was profiled, and the latency "
+            f"comparison carries that change; without it the error is "
+            f"{speed.adjusted_error(result):+.1%}. Re-profile (`dse profile`) when the machine "
+            "is quiet before trusting absolute latencies")
     if measured.latency_unstable:
         warnings.append(
             f"this verification's own timings were unstable on {measured.latency_unstable} of "
@@ -249,12 +302,39 @@ def run_verify(db: str, request: VerifyRequest, *,
                 measured={**result.measured.to_dict(), "same_images": result.same_images,
                           "miou_ok": result.miou_ok, "exits_ok": result.exits_ok,
                           "latency_ok": result.latency_ok,
-                          **({} if gap is None else {"latency_prediction": gap[0]})},
+                          **({} if gap is None else {"latency_prediction": gap[0]}),
+                          **({} if speed is None
+                             else {"speed_check": speed.to_dict(result)})},
             )
     finally:
         engine.dispose()
     return VerifyOutcome(comparison=result, warnings=tuple(warnings),
-                         latency_prediction=None if gap is None else gap[0])
+                         latency_prediction=None if gap is None else gap[0], speed_check=speed)
+
+
+def _speed_check(target: DeployTarget, network: MessNetwork, stored: StoredCandidate,
+                 dataset: Any, *, repeat: int) -> SpeedCheck | None:
+    """Time the final-exit-only network on the first images of ``dataset`` as verify times the
+    candidate (same runtime, threads, protocol) and set it against the run's baseline."""
+    predicted = float(stored.run.baseline.get("latency_ms") or 0.0)
+    if predicted <= 0 or list(stored.candidate.exits) == [FINAL_EXIT]:
+        return None
+    baseline = replace(stored, candidate=replace(
+        stored.candidate, exits=[FINAL_EXIT], th_pix=[], exit_rates={FINAL_EXIT: 1.0},
+        latency_ms=predicted))
+    images = [dataset[i] for i in range(min(SPEED_CHECK_IMAGES, len(dataset)))]
+    module = target.module(network, baseline)
+    try:
+        measured = measure_cascade(
+            module, images, exit_ids=module.exit_ids, num_classes=int(network.num_classes),
+            device=target.device, dtype=target.dtype, dataset_name=dataset.name,
+            split=dataset.split, device_name=stored.run.device_name,
+            timing=TimingSettings(warmup=0, repeat=repeat),
+        )
+    finally:
+        target.close(module)
+    return SpeedCheck(predicted_ms=predicted, measured_ms=measured.latency_ms,
+                      n_images=measured.n_images)
 
 
 def predicted_gap(trust: LatencyTrust, result: Comparison) -> tuple[dict[str, Any], str] | None:

@@ -107,10 +107,19 @@ def verify_command(
     if json_output:
         extra = ({} if outcome.latency_prediction is None
                  else {"latency_prediction": outcome.latency_prediction})
+        if outcome.speed_check is not None:
+            extra["speed_check"] = outcome.speed_check.to_dict(outcome.comparison)
         print(json.dumps({"run": run, "candidate": candidate, **outcome.comparison.to_dict(),
                           **extra}))
         return
     _print_report(run, candidate, outcome.comparison)
+    speed = outcome.speed_check
+    if speed is not None:
+        console.print(f"speed check: the final-exit-only network measured {speed.measured_ms:.3f} "
+                      f"ms on {speed.n_images} image(s) against {speed.predicted_ms:.3f} ms "
+                      f"predicted ({speed.ratio - 1:+.1%}); the latency error without this "
+                      f"machine's change of speed: {speed.adjusted_error(outcome.comparison):+.1%}",
+                      soft_wrap=True)
 
 
 def _verdict(ok: bool | None) -> Any:

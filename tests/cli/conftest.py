@@ -18,17 +18,15 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture
-def store_counts():
-    """`counts(db) -> {table: rows}`: what a refused command must leave unchanged."""
-    from db import repository
-    from db.session import open_store, session_scope
+def console_width(monkeypatch):
+    """`console_width(n)`: print as if the terminal had n columns, for this test only.
 
-    def counts(db: str) -> dict[str, int]:
-        engine = open_store(db)
-        try:
-            with session_scope(engine, readonly=True) as s:
-                return repository.row_counts(s)
-        finally:
-            engine.dispose()
+    Patches rich's private ``_width`` rather than the ``width`` property: undoing a patched
+    property writes back the width measured at patch time, which froze the console for every later
+    test (a test-order failure in test_db_cli)."""
+    from dse.cli import _app
 
-    return counts
+    def set_width(width: int) -> None:
+        monkeypatch.setattr(_app.console, "_width", width)
+
+    return set_width

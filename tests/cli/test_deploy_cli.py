@@ -69,6 +69,13 @@ def test_verify_on_the_calibration_split_matches_the_prediction(searched, capsys
         assert abs(line["measured_exit_counts"][exit_id] - count) <= 1
     assert line["predicted_exit_rates"] == pytest.approx(chosen["exit_rates"])
     assert line["measured_latency_ms"] > 0 and line["predicted_latency_ms"] > 0
+    # The speed check timed the final-exit-only network on the first images against the
+    # run's baseline, and its adjusted error is the measured latency over that ratio.
+    speed = line["speed_check"]
+    assert speed["n_images"] == 8 and speed["measured_ms"] > 0
+    assert speed["ratio"] == pytest.approx(speed["measured_ms"] / speed["predicted_ms"])
+    assert speed["adjusted_latency_error"] == pytest.approx(
+        line["measured_latency_ms"] / speed["ratio"] / line["predicted_latency_ms"] - 1)
     from db import repository
     from db.session import open_store, session_scope
 
@@ -81,6 +88,40 @@ def test_verify_on_the_calibration_split_matches_the_prediction(searched, capsys
                         str(chosen["candidate"]), "--checkpoint", str(ckpt), "--repeat", "1",
                         "--limit", "2", "--db", db)
     assert code == 0 and "predicted" in out and "measured" in out
+
+
+def test_verify_says_when_the_machine_runs_at_another_speed(searched, capsys, tmp_path) -> None:
+    """A run whose profile predicted the final exit 1000x faster than this machine runs it: the
+    verification says the machine's speed changed and shows the error without that change."""
+    import shutil
+
+    from sqlalchemy import text
+
+    from db.session import open_store, session_scope
+
+    _root, ckpt, db = searched
+    copy = tmp_path / "store.db"
+    shutil.copy(db.removeprefix("sqlite:///"), copy)
+    url = f"sqlite:///{copy}"
+    chosen = next(c for c in _candidates(capsys, url) if len(c["exits"]) > 1)
+    engine = open_store(url)
+    with session_scope(engine) as s:
+        row = s.execute(text("SELECT baseline FROM dse_search_run WHERE id = :id"),
+                        {"id": chosen["run"]}).scalar_one()
+        baseline = json.loads(row) if isinstance(row, str) else dict(row)
+        baseline["latency_ms"] /= 1000
+        s.execute(text("UPDATE dse_search_run SET baseline = :b WHERE id = :id"),
+                  {"b": json.dumps(baseline), "id": chosen["run"]})
+    engine.dispose()
+    code, out, err = _run(capsys, "verify", "--run", str(chosen["run"]), "--candidate",
+                          str(chosen["candidate"]), "--checkpoint", str(ckpt), "--repeat", "1",
+                          "--limit", "2", "--db", url)
+    assert code == 0, err
+    assert "warning: the final-exit-only network measured" in err
+    assert "runs at another speed than when it was profiled" in err
+    assert "speed check: the final-exit-only network measured" in out
+    ratio_line = next(line for line in out.splitlines() if line.startswith("speed check"))
+    assert "on 2 image(s)" in ratio_line
 
 
 @pytest.mark.slow

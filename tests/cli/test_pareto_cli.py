@@ -201,12 +201,10 @@ def _front_one(url: str) -> list:
 
 
 @pytest.mark.parametrize("width", [80, 40, 250])
-def test_front_reads_whole_at_any_width(store, capsys, monkeypatch, width: int) -> None:
+def test_front_reads_whole_at_any_width(store, capsys, console_width, width: int) -> None:
     """A pipe (80 columns) or a narrow terminal gets every exit id, threshold and number
     uncut; a wide terminal gets the table."""
-    from dse.cli import _app
-
-    monkeypatch.setattr(_app.console, "width", width)
+    console_width(width)
     assert main(["pareto", "--device", "box", "--db", store[0], "--max-exits", "3",
                  "--th-pix", "0.5,0.8", "--th-img", "0.4,0.7"]) == 0
     out = capsys.readouterr().out
@@ -229,11 +227,9 @@ def test_front_reads_whole_at_any_width(store, capsys, monkeypatch, width: int) 
             assert line.split()[-1] == f"{c.exit_rates.get(exit_id, 0.0):.0%}"
 
 
-def test_mIoU_reads_in_percent_and_json_stays_a_fraction(store, capsys, monkeypatch) -> None:
-    from dse.cli import _app
-
+def test_mIoU_reads_in_percent_and_json_stays_a_fraction(store, capsys, console_width) -> None:
     url, ev = store
-    monkeypatch.setattr(_app.console, "width", 250)
+    console_width(250)
     assert main(["pareto", "--device", "box", "--db", url, "--min-miou", "30"]) == 0
     out = capsys.readouterr().out
     assert f"baseline (final exit only): mIoU {100 * ev.baseline().miou:.2f}%" in out

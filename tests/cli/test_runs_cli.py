@@ -28,9 +28,7 @@ def test_empty_store_says_how_to_make_a_run(store, capsys) -> None:
     assert "no search runs yet; `dse pareto --device NAME`" in capsys.readouterr().out
 
 
-def test_runs_list_what_report_export_and_verify_need(store, capsys, monkeypatch) -> None:
-    from dse.cli import _app
-
+def test_runs_list_what_report_export_and_verify_need(store, capsys, console_width) -> None:
     assert main(["pareto", "--db", store, "--device", "box", "--max-exits", "1",
                  "--target", "speed", "--max-drop-pp", "5", "--json"]) == 0
     chosen = next(json.loads(line) for line in capsys.readouterr().out.splitlines()
@@ -51,7 +49,7 @@ def test_runs_list_what_report_export_and_verify_need(store, capsys, monkeypatch
     assert "chosen_candidate" not in json.dumps(rows)  # internal keys stay internal
 
     for width in (80, 250):  # a pipe and a wide terminal: both whole, no internal keys
-        monkeypatch.setattr(_app.console, "width", width)
+        console_width(width)
         assert main(["runs", "--db", store]) == 0
         out = capsys.readouterr().out
         assert "…" not in out and "chosen_candidate" not in out and "resolved" not in out

@@ -56,14 +56,6 @@ def _lines(capsys) -> list[dict]:
             if line.startswith("{")]
 
 
-def _counts(url: str) -> dict[str, int]:
-    engine = open_store(url)
-    with session_scope(engine, readonly=True) as s:
-        counts = repo.row_counts(s)
-    engine.dispose()
-    return counts
-
-
 def _config(line: dict) -> Configuration:
     return Configuration(exits=tuple(line["exits"][:-1]), th_pix=tuple(line["th_pix"]),
                          th_img=line["th_img"])
@@ -176,11 +168,13 @@ def bad_store(tmp_path_factory):
     (["--check-on", "val[0:7]"], "another input size"),
     (["--calibration", "nothing"], "no stored calibration set 'nothing'"),
 ])
-def test_bad_input_is_one_line_and_stores_nothing(bad_store, capsys, args, message) -> None:
+def test_bad_input_is_one_line_and_stores_nothing(
+    bad_store, capsys, args, message, store_counts
+) -> None:
     url = bad_store
-    before = _counts(url)
+    before = store_counts(url)
     assert main(["pareto", "--db", url, "--device", "box", "--calibration", "val",
                  *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
-    assert _counts(url) == before
+    assert store_counts(url) == before

@@ -13,15 +13,9 @@ from db.merge import merge_stores
 from db.session import VERSION_TABLE, make_engine
 
 
-def _counts(url: str) -> dict[str, int]:
-    engine = open_store(url)
-    with session_scope(engine) as s:
-        counts = repo.row_counts(s)
-    engine.dispose()
-    return counts
-
-
-def test_merge_copies_new_rows_and_skips_identical(store_url: str, tmp_path) -> None:
+def test_merge_copies_new_rows_and_skips_identical(
+    store_url: str, tmp_path, store_counts
+) -> None:
     target = open_store(store_url, create=True)
     fill(target)  # model A on cpu-box
     target.dispose()
@@ -39,9 +33,9 @@ def test_merge_copies_new_rows_and_skips_identical(store_url: str, tmp_path) -> 
             split="val", predicted={"miou": 0.5}, measured={"miou": 0.5},
         )
     source.dispose()
-    before = _counts(store_url)
+    before = store_counts(store_url)
     report = merge_stores(other, store_url)
-    after = _counts(store_url)
+    after = store_counts(store_url)
     assert report.conflicts == []
     assert report.copied["dse_model"] == 1 and report.skipped["dse_model"] == 1
     assert report.copied["dse_latency"] == 3 and report.skipped["dse_latency"] == 3
@@ -51,11 +45,11 @@ def test_merge_copies_new_rows_and_skips_identical(store_url: str, tmp_path) -> 
     assert report.copied["dse_candidate"] == 1 and report.copied["dse_verification"] == 1
     for table, n in after.items():
         assert n == before[table] + report.copied.get(table, 0), table
-    assert after == _counts(other) | {"dse_search_run": 3}
+    assert after == store_counts(other) | {"dse_search_run": 3}
     # Merging again copies nothing.
     again = merge_stores(other, store_url)
     assert sum(again.copied.values()) == 0 and again.conflicts == []
-    assert _counts(store_url) == after
+    assert store_counts(store_url) == after
     # The merged measurements are usable: ids remapped, arrays intact.
     engine = open_store(store_url)
     with session_scope(engine) as s:
@@ -158,12 +152,12 @@ def test_self_merge_is_refused(tmp_path) -> None:
             merge_stores(same, str(path))
 
 
-def test_newer_source_missing_source_are_refused(tmp_path) -> None:
+def test_newer_source_missing_source_are_refused(tmp_path, store_counts) -> None:
     target, source = str(tmp_path / "t.db"), str(tmp_path / "s.db")
     engine = open_store(target, create=True)
     fill(engine)
     engine.dispose()
-    before = _counts(target)
+    before = store_counts(target)
     with pytest.raises(StorageError, match="merge source: no store at"):
         merge_stores(source, target)
     fill_engine = open_store(source, create=True)
@@ -175,4 +169,4 @@ def test_newer_source_missing_source_are_refused(tmp_path) -> None:
     eng.dispose()
     with pytest.raises(StorageError, match="merge source: .*newer than this mess-dse"):
         merge_stores(source, target)
-    assert _counts(target) == before
+    assert store_counts(target) == before
