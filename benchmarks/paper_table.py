@@ -94,6 +94,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         r.add_argument("--device", default="cpu-2t", help="name of this machine in the store")
         r.add_argument("--data", default="camvid")
         r.add_argument("--data-root", default=str(DEFAULT_DATA))
+        r.add_argument("--keep-noisy", action="store_true",
+                       help="store a latency profile that fails its checks, marked noisy (the "
+                       "table's measured columns come from dse verify and do not depend on it)")
         r.add_argument("--threads", type=int, default=2)
     q.add_argument("--repeat", type=int, default=3, help="latency profile: timed runs")
     q.add_argument("--max-exits", type=int, default=2)
@@ -297,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
     profile = ProfileRequest(checkpoint=Path(a.checkpoint), device=a.device, data=a.data,
                              data_root=a.data_root, split=a.select, threads=a.threads,
-                             timing=TimingSettings(repeat=a.repeat), batch=1)
+                             timing=TimingSettings(repeat=a.repeat), batch=1,
+                             keep_noisy=a.keep_noisy)
     try:
         _step("profile", lambda: run_profile(a.db, profile))
         searches = [(title, *_search(a, constraints)) for title, constraints in TARGETS]
