@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None, help="folder of a folder dataset (camvid...)")
     parser.add_argument("--no-drift-reference", action="store_true",
                         help="do not re-time the reference cascade between front points")
+    parser.add_argument(
+        "--reprofile-every", type=int, default=0, metavar="N",
+        help="re-profile the components (`dse profile --no-accuracy`, a new device name per "
+        "chunk) before every N front points and predict each point from the profile taken just "
+        "before it: the additive model tested with profile and cascade in the same machine state",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -99,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     ref_module = None if args.no_drift_reference else target.module(network, reference)
     ref_ms = [] if ref_module is None else [measure(reference, ref_module, 1).latency_ms]
     rows = []
-    for one in stored:
+    for k, one in enumerate(stored):
+        if args.reprofile_every and k % args.reprofile_every == 0:
+            fresh = _reprofile(args, run, calib, target.runtime, threads, k // args.reprofile_every)
+        if args.reprofile_every:
+            one = _predicted_from(one, network, fresh)
         module = target.module(network, one)
         measured = measure(one, module, args.repeat)
         target.close(module)
@@ -133,6 +143,46 @@ def main(argv: list[str] | None = None) -> int:
               f"{ref_ms[0]:.3f}, last {ref_ms[-1]:.3f} ({(ref_ms[-1] / ref_ms[0] - 1) * 100:+.1f}%)")
         _summary("drift-corrected", corrected)
     return 0
+
+
+def _reprofile(args: Any, run: Any, calib: Any, runtime: str, threads: int, chunk: int
+               ) -> dict[tuple[str, str], float]:
+    """Profile the components again under a new device name; their estimates by (kind, name)."""
+    import subprocess
+
+    from db import repository
+    from db.session import open_store, session_scope
+
+    device = f"{run.device_name}-re{chunk}"
+    command = [sys.executable, "-m", "dse", "profile", "--checkpoint", args.checkpoint,
+               "--device", device, "--runtime", runtime, "--threads", str(threads),
+               "--no-accuracy", "--data", calib.dataset, "--split", calib.split,
+               "--name", run.model_name, "--keep-noisy", "--db", args.db]
+    if args.data_root:
+        command += ["--data-root", args.data_root]
+    subprocess.run(command, check=True, capture_output=True)
+    engine = open_store(args.db)
+    try:
+        with session_scope(engine, readonly=True) as s:
+            device_id = repository.get_device(s, device).id
+            rows = repository.load_latency(s, model_id=run.model_id, device_id=device_id,
+                                           input_shape=run.input_shape)
+            return {(r.kind, r.name): float(r.estimate_ms) for r in rows}
+    finally:
+        engine.dispose()
+
+
+def _predicted_from(one: Any, network: Any, estimates: dict[tuple[str, str], float]) -> Any:
+    """The stored candidate with its latency predicted from ``estimates`` (same exit rates)."""
+    from dataclasses import replace
+
+    from profiling.closed_loop import predicted_ms
+
+    cand = one.candidate
+    early = tuple(e for e in cand.exits if e != "final")
+    latency = sum(rate * predicted_ms(network, estimates, early, taken)
+                  for taken, rate in cand.exit_rates.items() if rate > 0)
+    return replace(one, candidate=replace(cand, latency_ms=latency))
 
 
 def _summary(name: str, errors: list[float]) -> None:
