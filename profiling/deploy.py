@@ -27,6 +27,7 @@ from profiling.timing import TimingSettings
 from profiling.verify import (
     LATENCY_TOLERANCE,
     Comparison,
+    Measurement,
     Prediction,
     compare,
     measure_cascade,
@@ -258,12 +259,8 @@ def run_verify(db: str, request: VerifyRequest, *,
     torch.set_num_threads(target.threads)
     try:
         try:
-            measured = measure_cascade(
-                module, dataset, exit_ids=module.exit_ids, num_classes=int(network.num_classes),
-                device=target.device, dtype=target.dtype, dataset_name=dataset.name,
-                split=dataset.split, device_name=stored.run.device_name,
-                timing=TimingSettings(warmup=0, repeat=request.repeat), progress=progress,
-            )
+            measured = _time_cascade(target, network, stored, module, dataset,
+                                     repeat=request.repeat, progress=progress)
         finally:
             target.close(module)
         speed = _speed_check(target, network, stored, dataset, repeat=request.repeat)
@@ -325,16 +322,25 @@ def _speed_check(target: DeployTarget, network: MessNetwork, stored: StoredCandi
     images = [dataset[i] for i in range(min(SPEED_CHECK_IMAGES, len(dataset)))]
     module = target.module(network, baseline)
     try:
-        measured = measure_cascade(
-            module, images, exit_ids=module.exit_ids, num_classes=int(network.num_classes),
-            device=target.device, dtype=target.dtype, dataset_name=dataset.name,
-            split=dataset.split, device_name=stored.run.device_name,
-            timing=TimingSettings(warmup=0, repeat=repeat),
-        )
+        measured = _time_cascade(target, network, stored, module, dataset, repeat=repeat,
+                                 images=images)
     finally:
         target.close(module)
     return SpeedCheck(predicted_ms=predicted, measured_ms=measured.latency_ms,
                       n_images=measured.n_images)
+
+
+def _time_cascade(target: DeployTarget, network: MessNetwork, stored: StoredCandidate,
+                  module: Any, dataset: Any, *, repeat: int, images: Any = None,
+                  progress: Callable[[int, int], None] | None = None) -> Measurement:
+    """How verify runs and times a cascade: ``images`` (default: all of ``dataset``) one by
+    one under the run's device settings, named after ``dataset``'s split."""
+    return measure_cascade(
+        module, dataset if images is None else images, exit_ids=module.exit_ids,
+        num_classes=int(network.num_classes), device=target.device, dtype=target.dtype,
+        dataset_name=dataset.name, split=dataset.split, device_name=stored.run.device_name,
+        timing=TimingSettings(warmup=0, repeat=repeat), progress=progress,
+    )
 
 
 def predicted_gap(trust: LatencyTrust, result: Comparison) -> tuple[dict[str, Any], str] | None:
