@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--whole-front", action="store_true",
                         help="every front-1 point, also those outside the run's constraints")
     parser.add_argument("--data-root", default=None, help="folder of a folder dataset (camvid...)")
+    parser.add_argument(
+        "--rounds", type=int, default=0, metavar="R",
+        help="interleave: R rounds, each running every front point once over the images (a "
+        "different point first each round); a point's latency is the median of its round means, "
+        "so the machine's change of speed hits every point alike (replaces --repeat)",
+    )
     parser.add_argument("--no-drift-reference", action="store_true",
                         help="do not re-time the reference cascade between front points")
     parser.add_argument(
@@ -100,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
             timing=TimingSettings(warmup=0, repeat=repeat),
         )
 
+    if args.rounds:
+        if args.reprofile_every:
+            print("error: --rounds and --reprofile-every do not combine: interleaved rounds "
+                  "measure every point over the same minutes; drop one", file=sys.stderr)
+            return 2
+        rows = _interleaved(stored, network, target, measure, args.rounds, same)
+        _print_rows(args, run, target, threads, dataset, same, rows)
+        return 0
+
     # The reference: no early exit if the front has that point, else its slowest point.
     reference = min(stored, key=lambda s: (len(s.candidate.exits), -s.candidate.latency_ms))
     ref_module = None if args.no_drift_reference else target.module(network, reference)
@@ -122,35 +137,72 @@ def main(argv: list[str] | None = None) -> int:
     if ref_module is not None:
         target.close(ref_module)
 
+    _print_rows(args, run, target, threads, dataset, same, rows)
+    if ref_ms:
+        print(f"reference #{reference.candidate.index} ({len(reference.candidate.exits) - 1} early "
+              f"exits) timed {len(ref_ms)} times: {min(ref_ms):.3f}-{max(ref_ms):.3f} ms, first "
+              f"{ref_ms[0]:.3f}, last {ref_ms[-1]:.3f} ({(ref_ms[-1] / ref_ms[0] - 1) * 100:+.1f}%)")
+        corrected = [abs(cmp.measured.latency_ms / drift / cmp.predicted.latency_ms - 1)
+                     for _, drift, cmp in rows]
+        _summary("drift-corrected", corrected)
+    return 0
+
+
+def _print_rows(args: Any, run: Any, target: Any, threads: int, dataset: Any, same: bool,
+                rows: list[Any]) -> None:
+    """One line per front point (drift 1.00 where no reference was timed), then the summary."""
     print(f"run {args.run} ({run.device_name}, {target.runtime}, {threads} thread(s)), "
           f"{len(rows)} front points, "
           f"{dataset.__len__()} images{' (calibration set)' if same else ''}")
     print(f"{'cand':>4} {'exits':>5} {'pred ms':>9} {'meas ms':>9} {'error':>8} {'drift':>6} "
           f"{'corr.':>7} {'pred mIoU':>9} {'meas mIoU':>9}")
-    corrected = []
     for cand, drift, cmp in rows:
         fixed = cmp.measured.latency_ms / drift / cmp.predicted.latency_ms - 1
-        corrected.append(abs(fixed))
         print(f"{cand.index:>4} {len(cand.exits) - 1:>5} {cmp.predicted.latency_ms:>9.3f} "
               f"{cmp.measured.latency_ms:>9.3f} {cmp.latency_error * 100:>+7.1f}% {drift:>6.2f} "
               f"{fixed * 100:>+6.1f}% {cmp.predicted.miou * 100:>9.3f} "
               f"{cmp.measured.miou * 100:>9.3f}")
-    errors = [abs(cmp.latency_error) for _, _, cmp in rows]
-    _summary("raw", errors)
-    if ref_ms:
-        print(f"reference #{reference.candidate.index} ({len(reference.candidate.exits) - 1} early "
-              f"exits) timed {len(ref_ms)} times: {min(ref_ms):.3f}-{max(ref_ms):.3f} ms, first "
-              f"{ref_ms[0]:.3f}, last {ref_ms[-1]:.3f} ({(ref_ms[-1] / ref_ms[0] - 1) * 100:+.1f}%)")
-        _summary("drift-corrected", corrected)
-    return 0
+    _summary("raw", [abs(cmp.latency_error) for _, _, cmp in rows])
+
+
+def _interleaved(stored: list[Any], network: Any, target: Any, measure: Any, rounds: int,
+                 same: bool) -> list[Any]:
+    """Every front point once per round (round k starts at point k), `rounds` rounds; each
+    point's measurement carries the median of its round means. Rows as `main` prints them."""
+    import dataclasses
+
+    from profiling.verify import Prediction, compare
+
+    modules = [target.module(network, one) for one in stored]
+    runs: list[list[Any]] = [[] for _ in stored]
+    try:
+        for r in range(rounds):
+            for k in range(len(stored)):
+                i = (r + k) % len(stored)
+                runs[i].append(measure(stored[i], modules[i], 1))
+    finally:
+        for module in modules:
+            target.close(module)
+    rows = []
+    for one, taken in zip(stored, runs, strict=True):
+        means = [m.latency_ms for m in taken]
+        measured = dataclasses.replace(taken[0], latency_ms=statistics.median(means))
+        rows.append((one.candidate, 1.0, compare(Prediction.from_candidate(one.candidate),
+                                                 measured, same_images=same)))
+        spread = (max(means) - min(means)) / statistics.median(means)
+        print(f"  #{one.candidate.index}: {rounds} round means {min(means):.3f}-"
+              f"{max(means):.3f} ms ({spread * 100:.0f}% of the median)")
+    return rows
 
 
 def _reprofile(args: Any, run: Any, calib: Any, runtime: str, threads: int, chunk: int
-               ) -> dict[tuple[str, str], float]:
-    """Profile the components again under a new device name; their estimates by (kind, name)."""
+               ) -> tuple[dict[tuple[str, str], float], Any]:
+    """Profile the components again under a new device name: their estimates by (kind, name)
+    and the calibration of its closed loop (what the search would predict with)."""
     import subprocess
 
     from db import repository
+    from db.records import CascadeCalibration
     from db.session import open_store, session_scope
 
     device = f"{run.device_name}-re{chunk}"
@@ -167,21 +219,25 @@ def _reprofile(args: Any, run: Any, calib: Any, runtime: str, threads: int, chun
             device_id = repository.get_device(s, device).id
             rows = repository.load_latency(s, model_id=run.model_id, device_id=device_id,
                                            input_shape=run.input_shape)
-            return {(r.kind, r.name): float(r.estimate_ms) for r in rows}
+            return {(r.kind, r.name): float(r.estimate_ms) for r in rows if r.kind != "path"}, \
+                CascadeCalibration.from_rows(rows)
     finally:
         engine.dispose()
 
 
-def _predicted_from(one: Any, network: Any, estimates: dict[tuple[str, str], float]) -> Any:
-    """The stored candidate with its latency predicted from ``estimates`` (same exit rates)."""
+def _predicted_from(one: Any, network: Any,
+                    profile: tuple[dict[tuple[str, str], float], Any]) -> Any:
+    """The stored candidate with its latency predicted from a profile's estimates and
+    calibration (`_reprofile`), with the same exit rates."""
     from dataclasses import replace
 
     from profiling.closed_loop import predicted_ms
 
+    estimates, calibration = profile
     cand = one.candidate
     early = tuple(e for e in cand.exits if e != "final")
-    latency = sum(rate * predicted_ms(network, estimates, early, taken)
-                  for taken, rate in cand.exit_rates.items() if rate > 0)
+    latency = calibration.apply(sum(rate * predicted_ms(network, estimates, early, taken)
+                                    for taken, rate in cand.exit_rates.items() if rate > 0))
     return replace(one, candidate=replace(cand, latency_ms=latency))
 
 

@@ -107,8 +107,10 @@ class TimingProtocol(Protocol):
     """How samples are taken: order of runs, warm-up, repeats, and their quality."""
 
     def measure(self, workload: Workload, keys: Sequence[Key], *,
+                extra: Sequence[tuple[Key, Callable[[], object]]] = (),
                 progress: RoundProgress | None = None) -> ProtocolResult[Key]:
-        """Samples and quality of each of `keys` (a subset of `workload.keys()`)."""
+        """Samples and quality of each of `keys` (a subset of `workload.keys()`), and of the
+        `extra` whole calls (the closed loop's cascades), timed in the same rounds after them."""
         ...
 
     def measure_calls(self, calls: Sequence[tuple[str, Callable[[], object]]],
@@ -178,12 +180,13 @@ class Interleaved:
     clock: Callable[[], float] = time.perf_counter
 
     def measure(self, workload: Workload, keys: Sequence[Key], *,
+                extra: Sequence[tuple[Key, Callable[[], object]]] = (),
                 progress: RoundProgress | None = None) -> ProtocolResult[Key]:
         wanted = set(keys)
         with torch.inference_mode():
             calls = {**chain_calls(workload.chain, workload.chain_input), **workload.calls}
         order = workload.keys()
-        components = [(k, calls[k]) for k in order if k in wanted]
+        components = [(k, calls[k]) for k in order if k in wanted] + list(extra)
         return measure_torch(components, device=workload.device, settings=self.settings,
                              load=self.load, reference=workload.reference(), clock=self.clock,
                              progress=progress)
@@ -205,6 +208,7 @@ class InSequence:
     load: LoadProbe | None = None
 
     def measure(self, workload: Workload, keys: Sequence[Key], *,
+                extra: Sequence[tuple[Key, Callable[[], object]]] = (),
                 progress: RoundProgress | None = None) -> ProtocolResult[Key]:
         probe = self.load or SystemLoadProbe(torch.get_num_threads())
         token = probe.start()
@@ -214,6 +218,9 @@ class InSequence:
         for key in keys:
             samples[key] = (chained[key] if key[0] == "segment" else time_callable(
                 workload.calls[key], device=workload.device, settings=self.settings)).samples_ms
+        for key, call in extra:
+            samples[key] = time_callable(call, device=workload.device,
+                                         settings=self.settings).samples_ms
         return assess(samples, settings=self.settings, passes=(probe.stop(token),),
                       reference=workload.reference())
 

@@ -4,15 +4,17 @@ The search adds up stored component latencies. Here the deployed cascade (traini
 pruned `CascadeModule`, what `dse export` writes and `dse verify` times) runs end to end on a
 handful of forced paths (every image leaves at one kept exit, or none does and the final exit
 answers) and the measured time is compared with that sum, both as medians (the estimate the
-search uses, `profiling.quality`). The paths are timed with the same protocol as the components
-(interleaved: every path once per round). A gap above 10% means the additive model is off on this
+search uses, `profiling.quality`). When components are timed, the paths are timed in the same
+rounds, after them: a machine whose speed drifts over minutes (this VM's did by 10-20%) then
+moves both sides of the comparison alike. The search predicts through a line fitted to the
+(sum, measured) pairs (`db.records.CascadeCalibration`); the gaps judged here are the bare sum's. A gap above 10% means the additive model is off on this
 device (launch overheads, caches, fusion): the latency pass refuses to store the profile unless
 told to keep it (`profiling.verdict`). The checks are stored as latency rows of kind "path".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -100,19 +102,16 @@ def predicted_ms(network: MessNetwork, estimates_ms: dict[tuple[str, str], float
     return sum(estimates_ms[key] for key in path_components(network, exits, taken))
 
 
-def check_paths(
-    network: MessNetwork, x: torch.Tensor, estimates_ms: dict[tuple[str, str], float], *,
-    paths: list[tuple[str, ...]], policy: ExitPolicy, backend: TimingBackend,
-    protocol: TimingProtocol, progress: RoundProgress | None = None,
-) -> tuple[list[PathCheck], ProtocolResult[str]]:
-    """Time the deployed cascade on forced paths and compare with the summed component estimates.
+def path_calls(network: MessNetwork, x: torch.Tensor, *, paths: list[tuple[str, ...]],
+               policy: ExitPolicy, backend: TimingBackend
+               ) -> list[tuple[tuple[str, ...], str, Callable[[], object]]]:
+    """One deployed cascade per forced path: (exits, the exit every image takes, its call).
 
     A path `(e,)` runs with th_pix tiny and th_img = 1: every pixel's top-1 probability is at
     least 1/C, so every image leaves at e. The empty path has no early exit (final answers).
     The cascade decides with `policy`, the stored accuracy profile's, as export and verify do.
-    Returns the checks and the protocol's result (the paths' own spread and load).
     """
-    calls: list[tuple[str, Callable[[], object]]] = []
+    calls = []
     for exits in paths:
         module = build_cascade_module(
             network, exits=[*exits, FINAL_EXIT], th_pix=[_FORCE_TH_PIX] * len(exits), th_img=1.0,
@@ -122,15 +121,35 @@ def check_paths(
             _, exit_index = module(x)
         name = module.exit_ids[int(exit_index[0])]
         assert bool((exit_index == exit_index[0]).all()), f"forced path {exits} split the batch"
-        calls.append((name, backend.cascade_call(module, x)))
-    result = protocol.measure_calls(calls, x.device, progress=progress)
-    checks = [
-        PathCheck(exits=exits, taken=name,
-                  measured=LatencyStats.from_samples(result.samples_ms[name]),
-                  predicted_ms=predicted_ms(network, estimates_ms, exits, name))
-        for exits, (name, _) in zip(paths, calls, strict=True)
-    ]
-    return checks, result
+        calls.append((exits, name, backend.cascade_call(module, x)))
+    return calls
+
+
+def path_checks(network: MessNetwork, estimates_ms: dict[tuple[str, str], float],
+                calls: list[tuple[tuple[str, ...], str, Callable[[], object]]],
+                samples_ms: Callable[[str], Sequence[float]]) -> list[PathCheck]:
+    """Each path's measured samples (by the name of the exit taken) against its summed
+    components."""
+    return [PathCheck(exits=exits, taken=name,
+                      measured=LatencyStats.from_samples(tuple(samples_ms(name))),
+                      predicted_ms=predicted_ms(network, estimates_ms, exits, name))
+            for exits, name, _ in calls]
+
+
+def check_paths(
+    network: MessNetwork, x: torch.Tensor, estimates_ms: dict[tuple[str, str], float], *,
+    paths: list[tuple[str, ...]], policy: ExitPolicy, backend: TimingBackend,
+    protocol: TimingProtocol, progress: RoundProgress | None = None,
+) -> tuple[list[PathCheck], ProtocolResult[str]]:
+    """Time the deployed cascade on forced paths (`path_calls`) in a pass of their own and
+    compare with the summed component estimates (used when every component is already stored;
+    new components are timed in the same rounds as their paths, `profiling.latency`).
+    Returns the checks and the protocol's result (the paths' own spread and load).
+    """
+    calls = path_calls(network, x, paths=paths, policy=policy, backend=backend)
+    result = protocol.measure_calls([(name, call) for _, name, call in calls], x.device,
+                                    progress=progress)
+    return path_checks(network, estimates_ms, calls, lambda n: result.samples_ms[n]), result
 
 
 _FORCE_TH_PIX = 1e-6

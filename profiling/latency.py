@@ -41,7 +41,14 @@ from profiling.backends import (
     Workload,
     time_chain,
 )
-from profiling.closed_loop import PathCheck, check_paths, choose_paths, path_components
+from profiling.closed_loop import (
+    PathCheck,
+    check_paths,
+    choose_paths,
+    path_calls,
+    path_checks,
+    path_components,
+)
 from profiling.device import device_fingerprint
 from profiling.errors import ProfilingError
 from profiling.protocol import ProtocolResult
@@ -242,15 +249,28 @@ def profile_latency(
                 return None
             return lambda p, r, n: progress(r, planned, f"{stage} pass {p}: {n} timed")
 
-        result = protocol.measure(workload, missing, progress=report("components")) \
-            if missing else None
+        policy = policy if policy is not None else network.decision.policy
         estimates = {k: r.estimate_ms for k, r in stored.items()}
-        if result is not None:
+        result: ProtocolResult[Key] | None = None
+        path_result: ProtocolResult[Any] | None = None
+        checks: list[PathCheck] = []
+        if missing:
+            # the paths run in the same rounds as the components: a change of the machine's
+            # speed during the run moves both sides of the closed-loop comparison alike
+            calls = path_calls(network, x, paths=paths, policy=policy, backend=backend)
+            extra = [(("path", name), call) for _, name, call in calls]
+            both = protocol.measure(workload, missing, extra=extra, progress=report(
+                "components and closed loop" if extra else "components"))
+            result = both.subset(set(missing))
             estimates.update({k: result.estimate_ms(k) for k in missing})
-        checks, path_result = ([], None) if not paths else check_paths(
-            network, x, estimates, paths=paths,
-            policy=policy if policy is not None else network.decision.policy,
-            backend=backend, protocol=protocol, progress=report("closed loop"))
+            if calls:
+                path_result = both.subset({key for key, _ in extra})
+                checks = path_checks(network, estimates, calls,
+                                     lambda n: both.samples_ms[("path", n)])
+        elif paths:
+            checks, path_result = check_paths(
+                network, x, estimates, paths=paths, policy=policy, backend=backend,
+                protocol=protocol, progress=report("closed loop"))
         verdict = None
         if result is not None or checks:
             verdict = judge(result, {c.name: c.deviation for c in checks}, paths=path_result)

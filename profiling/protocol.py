@@ -111,6 +111,13 @@ class ProtocolResult(Generic[K]):
         """The number the search uses for `key`: the median of its samples."""
         return self.quality[key].median_ms
 
+    def subset(self, keys: Collection[K]) -> ProtocolResult[K]:
+        """The same passes, only `keys`: the components and the closed-loop cascades timed in
+        the same rounds are judged and stored apart."""
+        return ProtocolResult(samples_ms={k: v for k, v in self.samples_ms.items() if k in keys},
+                              quality={k: q for k, q in self.quality.items() if k in keys},
+                              passes=self.passes, settings=self.settings)
+
     def summary(self) -> dict[str, Any]:
         """Figures to store with a profile and to show: spread, unstable count, load per pass."""
         spreads = sorted(q.rel_spread for q in self.quality.values())

@@ -132,6 +132,45 @@ def test_the_closed_loop_is_checked_and_stored_with_the_verdict(
     assert gaps == pytest.approx({c.name: c.deviation for c in result.paths})
 
 
+class Recording(Interleaved):
+    """The quiet protocol, remembering what each call timed."""
+
+    def __init__(self) -> None:
+        super().__init__(TimingSettings(warmup=1, repeat=6), load=Load(), clock=SteadyClock())
+        object.__setattr__(self, "calls", [])
+
+    def measure(self, workload, keys, *, extra=(), progress=None):  # type: ignore[no-untyped-def]
+        self.calls.append(("measure", len(keys), [k for k, _ in extra]))
+        return super().measure(workload, keys, extra=extra, progress=progress)
+
+    def measure_calls(self, calls, device, *, progress=None):  # type: ignore[no-untyped-def]
+        self.calls.append(("measure_calls", 0, [n for n, _ in calls]))
+        return super().measure_calls(calls, device, progress=progress)
+
+
+def test_new_components_and_their_paths_are_timed_in_the_same_rounds(
+        engine, tiny_network, model_id) -> None:
+    """A change of the machine's speed during the run moves both sides of the closed loop: the
+    paths run in the components' rounds (one protocol call, no pass of their own)."""
+    # the fake clock makes every call 0.5 ms: the gaps fail, the structure is what is tested
+    loop = LatencySettings(timing=TimingSettings(warmup=1, repeat=6), max_paths=2,
+                           keep_noisy=True)
+    protocol = Recording()
+    result = profile_latency(engine, tiny_network, model_id=model_id, device_name="laptop-cpu",
+                             input_size=(32, 32), settings=loop, protocol=protocol)
+    taken = [c.taken for c in result.paths]
+    assert protocol.calls == [("measure", len(_expected_components(tiny_network)),
+                                [("path", t) for t in taken])]
+    rows = _rows(engine)
+    assert {r.n for r in rows} == {6} and len([r for r in rows if r.kind == "path"]) == 3
+    # the component rows and the quality count components only, the paths are judged apart
+    with session_scope(engine) as s:
+        (quality,) = repository.list_profile_quality(s, device_id=result.device.id)
+    assert quality.quality["components"] == len(_expected_components(tiny_network))
+    assert {g["path"] for g in quality.quality["closed_loop"]} == {c.name for c in result.paths}
+
+
+
 def test_noisy_samples_are_refused_and_the_store_stays_unchanged(
         engine, tiny_network, model_id) -> None:
     before = _rows(engine)
