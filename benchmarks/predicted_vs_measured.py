@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not re-time the reference cascade between front points")
     parser.add_argument(
         "--reprofile-every", type=int, default=0, metavar="N",
-        help="re-profile the components (`dse profile --no-accuracy`, a new device name per "
-        "chunk) before every N front points and predict each point from the profile taken just "
+        help="re-profile the components (`dse profile --no-accuracy`, a new device name "
+        "NAME-reK-HHMMSS per chunk) before every N front points and predict each point from the profile taken just "
         "before it: the additive model tested with profile and cascade in the same machine state",
     )
     args = parser.parse_args(argv)
@@ -200,12 +200,14 @@ def _reprofile(args: Any, run: Any, calib: Any, runtime: str, threads: int, chun
     """Profile the components again under a new device name: their estimates by (kind, name)
     and the calibration of its closed loop (what the search would predict with)."""
     import subprocess
+    import time
 
     from db import repository
     from db.records import CascadeCalibration
     from db.session import open_store, session_scope
 
-    device = f"{run.device_name}-re{chunk}"
+    # a new name every time: under a stored name `dse profile` would keep the old timings
+    device = f"{run.device_name}-re{chunk}-{time.strftime('%H%M%S')}"
     command = [sys.executable, "-m", "dse", "profile", "--checkpoint", args.checkpoint,
                "--device", device, "--runtime", runtime, "--threads", str(threads),
                "--no-accuracy", "--data", calib.dataset, "--split", calib.split,
