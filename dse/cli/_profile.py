@@ -43,7 +43,8 @@ def _progress() -> Progress:
 
 
 def _print_table(rows: list[dict], device: str, note: str = "") -> None:
-    table = Table(title=f"exits (path cost from the input; latency on {device}{note})")
+    table = Table(title=f"exits (path cost from the input; latency on {device} as the search "
+                        f"predicts it{note})")
     for col in ("exit", "mIoU", "GFLOPs", "p50 ms"):
         table.add_column(col, justify="left" if col == "exit" else "right")
     for r in rows:
