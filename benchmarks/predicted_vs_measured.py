@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         "different point first each round); a point's latency is the median of its round means, "
         "so the machine's change of speed hits every point alike (replaces --repeat)",
     )
+    parser.add_argument(
+        "--same-rounds", type=int, default=0, metavar="R",
+        help="profile and measure in the same minutes: R rounds, each timing every component and "
+        "closed-loop path once (as `dse profile` does, burst of 2) and then every front point "
+        "over the images; each point is predicted from the components' medians and measured as "
+        "the median of its round means",
+    )
     parser.add_argument("--no-drift-reference", action="store_true",
                         help="do not re-time the reference cascade between front points")
     parser.add_argument(
@@ -106,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
             timing=TimingSettings(warmup=0, repeat=repeat),
         )
 
+    if args.same_rounds:
+        if args.rounds or args.reprofile_every:
+            print("error: --same-rounds predicts from its own rounds: drop --rounds and "
+                  "--reprofile-every", file=sys.stderr)
+            return 2
+        rows = _same_rounds(stored, network, target, measure, args.same_rounds, same)
+        _print_rows(args, run, target, threads, dataset, same, rows)
+        return 0
     if args.rounds:
         if args.reprofile_every:
             print("error: --rounds and --reprofile-every do not combine: interleaved rounds "
@@ -195,15 +210,87 @@ def _interleaved(stored: list[Any], network: Any, target: Any, measure: Any, rou
     return rows
 
 
+def _same_rounds(stored: list[Any], network: Any, target: Any, measure: Any, rounds: int,
+                 same: bool) -> list[Any]:
+    """Each round: every component and closed-loop path once (`dse profile`'s protocol and
+    paths), then every front point over the images. Predictions are the components' medians
+    summed (what `dse pareto` would predict from a profile taken in exactly these minutes);
+    rows as `main` prints them."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from profiling.backends import Interleaved, TorchEager
+    from profiling.closed_loop import choose_paths, path_calls, predicted_ms
+    from profiling.timing import TimingSettings
+    from profiling.verify import Prediction, compare
+    from training.flops import network_components
+
+    owned: Any = None
+    backend: Any = TorchEager()
+    if target.runtime == "onnxruntime":
+        from profiling.onnxruntime_backend import OnnxRuntimeBackend
+
+        backend = owned = OnnxRuntimeBackend(target.ort)
+    size = tuple(stored[0].input_size)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, *size, dtype=target.dtype)
+    heads = {c.name: c.gflops for c in network_components(network, size) if c.kind == "head"}
+    calls = path_calls(network, x, paths=choose_paths(network, heads, max_paths=4),
+                       policy=network.decision.policy, backend=backend)
+    workload = backend.workload(network, x)
+    keys = workload.keys()
+    extra = [(("path", name), call) for _, name, call in calls]
+    one_round = Interleaved(TimingSettings(warmup=0, repeat=1, max_remeasure=0))
+    samples: dict[Any, list[float]] = {k: [] for k in [*keys, *(k for k, _ in extra)]}
+    modules = [target.module(network, one) for one in stored]
+    runs: list[list[Any]] = [[] for _ in stored]
+    try:
+        one_round.measure(workload, keys, extra=extra)  # warm-up
+        for r in range(rounds):
+            timed = one_round.measure(workload, keys, extra=extra)
+            for key, values in timed.samples_ms.items():
+                samples[key].extend(values)
+            for k in range(len(stored)):
+                i = (r + k) % len(stored)
+                runs[i].append(measure(stored[i], modules[i], 1))
+    finally:
+        for module in modules:
+            target.close(module)
+        if owned is not None:
+            owned.close()
+    medians = {k: statistics.median(v) for k, v in samples.items()}
+    # the line through the paths' (sum, measured) medians: a calibration tried and not adopted
+    # (README, issue 19 item 6); shown beside the bare sum, which is what the search predicts
+    pairs = [(predicted_ms(network, medians, exits, name), medians[("path", name)])
+             for exits, name, _ in calls]
+    scale, overhead = np.polyfit([a for a, _ in pairs], [b for _, b in pairs], 1)
+    print(f"closed loop in the same rounds: {', '.join(f'{b / a - 1:+.1%}' for a, b in pairs)}"
+          f" (measured vs summed); line through them {overhead:+.3f} ms + {scale:.3f} x sum")
+    rows, lined = [], []
+    for one, taken in zip(stored, runs, strict=True):
+        cand = one.candidate
+        early = tuple(e for e in cand.exits if e != "final")
+        summed = sum(rate * predicted_ms(network, medians, early, exit_id)
+                     for exit_id, rate in cand.exit_rates.items() if rate > 0)
+        measured = dataclasses.replace(
+            taken[0], latency_ms=statistics.median(m.latency_ms for m in taken))
+        lined.append(abs(measured.latency_ms / (overhead + scale * summed) - 1))
+        predicted = dataclasses.replace(cand, latency_ms=summed)
+        rows.append((cand, 1.0, compare(Prediction.from_candidate(predicted), measured,
+                                        same_images=same)))
+    _summary("through the closed loop's line (not adopted)", lined)
+    return rows
+
+
 def _reprofile(args: Any, run: Any, calib: Any, runtime: str, threads: int, chunk: int
-               ) -> tuple[dict[tuple[str, str], float], Any]:
-    """Profile the components again under a new device name: their estimates by (kind, name)
-    and the calibration of its closed loop (what the search would predict with)."""
+               ) -> dict[tuple[str, str], float]:
+    """Profile the components again under a new device name; their estimates by (kind, name)."""
     import subprocess
     import time
 
     from db import repository
-    from db.records import CascadeCalibration
     from db.session import open_store, session_scope
 
     # a new name every time: under a stored name `dse profile` would keep the old timings
@@ -221,25 +308,21 @@ def _reprofile(args: Any, run: Any, calib: Any, runtime: str, threads: int, chun
             device_id = repository.get_device(s, device).id
             rows = repository.load_latency(s, model_id=run.model_id, device_id=device_id,
                                            input_shape=run.input_shape)
-            return {(r.kind, r.name): float(r.estimate_ms) for r in rows if r.kind != "path"}, \
-                CascadeCalibration.from_rows(rows)
+            return {(r.kind, r.name): float(r.estimate_ms) for r in rows}
     finally:
         engine.dispose()
 
 
-def _predicted_from(one: Any, network: Any,
-                    profile: tuple[dict[tuple[str, str], float], Any]) -> Any:
-    """The stored candidate with its latency predicted from a profile's estimates and
-    calibration (`_reprofile`), with the same exit rates."""
+def _predicted_from(one: Any, network: Any, estimates: dict[tuple[str, str], float]) -> Any:
+    """The stored candidate with its latency predicted from ``estimates`` (same exit rates)."""
     from dataclasses import replace
 
     from profiling.closed_loop import predicted_ms
 
-    estimates, calibration = profile
     cand = one.candidate
     early = tuple(e for e in cand.exits if e != "final")
-    latency = calibration.apply(sum(rate * predicted_ms(network, estimates, early, taken)
-                                    for taken, rate in cand.exit_rates.items() if rate > 0))
+    latency = sum(rate * predicted_ms(network, estimates, early, taken)
+                  for taken, rate in cand.exit_rates.items() if rate > 0)
     return replace(one, candidate=replace(cand, latency_ms=latency))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -300,58 +300,6 @@ class LatencyRecord:
 
 # A closed-loop gap beyond this share means the additive latency model is off on the device.
 CLOSED_LOOP_TOLERANCE = 0.10
-
-
-@dataclass(frozen=True)
-class CascadeCalibration:
-    """measured cascade ~= overhead_ms + scale * summed components, per image.
-
-    The components are timed one by one; the deployed cascade also pays what none of them
-    carries (the runner's per-call work, moving the image in, caches shared between stages).
-    The closed loop times real cascades on a few forced paths in the same rounds as the
-    components, so the search predicts with a straight line through its (sum, measured) pairs
-    instead of the bare sum. Identity without closed-loop paths (a probe import, few-shot).
-    """
-
-    overhead_ms: float = 0.0
-    scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.overhead_ms) and math.isfinite(self.scale) and self.scale > 0):
-            raise ValueError("calibration: a finite overhead and a finite, positive scale")
-
-    def apply(self, summed_ms: float) -> float:
-        return self.overhead_ms + self.scale * summed_ms
-
-    @classmethod
-    def from_rows(cls, rows: Iterable[Any]) -> CascadeCalibration:
-        """The fit of a device's latency rows: its closed-loop paths, measured (median) against
-        the sum they were compared with."""
-        return cls.fit([(float(r.predicted_ms), float(r.estimate_ms)) for r in rows
-                        if r.kind == "path" and r.predicted_ms is not None])
-
-    @classmethod
-    def fit(cls, pairs: Sequence[tuple[float, float]]) -> CascadeCalibration:
-        """Least squares over (summed, measured) ms of the closed-loop paths.
-
-        With one path, or paths too alike in cost to tell an overhead from a scale, only a
-        scale (the median ratio). A line that would predict a path at or below zero, or scale
-        outside [0.5, 2], is not a calibration but a broken profile: identity, and the
-        closed-loop gaps (judged on the bare sum) say what is wrong.
-        """
-        pairs = [(float(a), float(b)) for a, b in pairs if a > 0 and b > 0]
-        if not pairs:
-            return cls()
-        summed = np.array([a for a, _ in pairs])
-        measured = np.array([b for _, b in pairs])
-        if len(pairs) < 3 or summed.max() < 1.5 * summed.min():
-            line = cls(0.0, float(np.median(measured / summed)))
-        else:
-            scale, overhead = np.polyfit(summed, measured, 1)
-            line = cls(float(overhead), float(scale)) if scale > 0 else cls()
-        if not 0.5 <= line.scale <= 2.0 or line.apply(float(summed.min())) <= 0:
-            return cls()
-        return line
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,8 +8,6 @@ by `accuracy_from_records` / `cost_from_records`, or directly in tests.
 Latency follows what the deployed cascade pays per image: the backbone segments up to the exit it
 leaves at, the head and decision of every kept exit it reaches, and the bilinear upsampling of the
 answering exit's logits to the input size (one upsampling per image, never one per exit reached).
-That sum goes through the device's cascade calibration (`db.records.CascadeCalibration`, fitted
-on the closed loop's real cascades): what a call of the deployed cascade costs beyond its parts.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from db.records import FINAL_EXIT, CascadeCalibration
+from db.records import FINAL_EXIT
 from dse.errors import DseError
 
 TAIL_SEGMENT = "tail"
@@ -123,8 +121,6 @@ class CostData:
             by the images that leave there).
         final_ms / final_gflops: the final head.
         final_upsample_ms / final_upsample_gflops: the final head's logits to the input size.
-        calibration: per image, measured cascade = overhead + scale * summed components (the
-            closed loop's fit; identity when the device has no closed-loop paths).
     """
 
     segment_ms: tuple[float, ...]
@@ -139,7 +135,6 @@ class CostData:
     upsample_gflops: Mapping[str, float]
     final_upsample_ms: float
     final_upsample_gflops: float
-    calibration: CascadeCalibration = CascadeCalibration()
 
     def __post_init__(self) -> None:
         for name in ("segment_ms", "segment_gflops"):
@@ -232,7 +227,7 @@ def cost_from_records(latency, position_names: Sequence[str]) -> CostData:  # ty
             final_up = (float(row.estimate_ms), float(row.gflops))
         elif row.kind == "upsample":
             up_ms[row.name], up_gf[row.name] = float(row.estimate_ms), float(row.gflops)
-        # kind "path" rows are closed-loop checks: not components, they calibrate the sum
+        # kind "path" rows are closed-loop checks, not components
     missing = [n for n in names if n not in seg] + ([] if final is not None else ["final head"])
     missing += [] if final_up is not None else ["the final upsampling"]
     if missing:
@@ -245,5 +240,4 @@ def cost_from_records(latency, position_names: Sequence[str]) -> CostData:  # ty
         head_ms=head_ms, head_gflops=head_gf, decision_ms=dec_ms, decision_gflops=dec_gf,
         final_ms=final[0], final_gflops=final[1], upsample_ms=up_ms, upsample_gflops=up_gf,
         final_upsample_ms=final_up[0], final_upsample_gflops=final_up[1],
-        calibration=CascadeCalibration.from_rows(latency),
     )

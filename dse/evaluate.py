@@ -73,30 +73,26 @@ class Evaluator:
         self.cost = cost
         self.index = {e: i for i, e in enumerate(data.exit_ids)}
         self.union = data.tp + data.fp + data.fn  # [E + 1, S, C]
-        # every per-image sum below goes through the calibration: a scale on every component
-        # and the per-call overhead on the backbone (paid once, by every image)
-        scale, overhead = cost.calibration.scale, cost.calibration.overhead_ms
-        cum_ms = np.cumsum(cost.segment_ms) * scale + overhead
+        cum_ms = np.cumsum(cost.segment_ms)
         cum_gf = np.cumsum(cost.segment_gflops)
         pos = np.asarray(data.position_index, dtype=np.int64)
         # cost of reaching an early exit's position (the backbone up to it) ...
         self.seg_ms = cum_ms[pos] if pos.size else np.zeros(0)
         self.seg_gflops = cum_gf[pos] if pos.size else np.zeros(0)
         # ... of upsampling its logits to the input size (only the images that leave there) ...
-        self.up_ms = np.array([cost.upsample_ms[e] for e in data.exit_ids]) * scale
+        self.up_ms = np.array([cost.upsample_ms[e] for e in data.exit_ids])
         self.up_gflops = np.array([cost.upsample_gflops.get(e, 0.0) for e in data.exit_ids])
         # ... so an image leaving there pays the backbone to it plus one upsampling ...
         self.leave_ms = self.seg_ms + self.up_ms
         self.leave_gflops = self.seg_gflops + self.up_gflops
         # ... and every image reaching it pays its head, or its head plus exit decision
-        self.head_ms = np.array([cost.head_ms[e] for e in data.exit_ids]) * scale
+        self.head_ms = np.array([cost.head_ms[e] for e in data.exit_ids])
         self.head_gflops = np.array([cost.head_gflops[e] for e in data.exit_ids])
-        self.check_ms = self.head_ms + scale * np.array(
-            [cost.decision_ms[e] for e in data.exit_ids])
+        self.check_ms = self.head_ms + np.array([cost.decision_ms[e] for e in data.exit_ids])
         self.check_gflops = self.head_gflops + np.array(
             [cost.decision_gflops.get(e, 0.0) for e in data.exit_ids])
         # the final exit: the whole backbone, the final head, its upsampling
-        self.final_ms = float(cum_ms[-1] + scale * (cost.final_ms + cost.final_upsample_ms))
+        self.final_ms = float(cum_ms[-1] + cost.final_ms + cost.final_upsample_ms)
         self.final_gflops = float(cum_gf[-1] + cost.final_gflops + cost.final_upsample_gflops)
 
     def indices(self, exit_ids: tuple[str, ...]) -> list[int]:

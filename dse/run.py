@@ -301,11 +301,8 @@ def run_search(engine: Engine, url: str, request: SearchRequest,
     chosen, robust = plain, None
     front1 = [i for i, f in enumerate(fronts) if f == 1]
     intervals: dict[int, Intervals] = {}
-    line = ev.cost.calibration
     constraints = {**request.constraints.to_dict(),
-                   "resolved": {n: getattr(bounds, n) for n in bounds.names()},
-                   # what every latency was predicted with (db.records.CascadeCalibration)
-                   "latency_calibration": {"overhead_ms": line.overhead_ms, "scale": line.scale}}
+                   "resolved": {n: getattr(bounds, n) for n in bounds.names()}}
     if settings is not None:  # one image: no intervals (nothing to resample)
         compute = _intervals_for(Bootstrap(ev, settings), evaluations, request.confidence)
         intervals.update(compute(front1))

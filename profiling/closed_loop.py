@@ -6,8 +6,7 @@ handful of forced paths (every image leaves at one kept exit, or none does and t
 answers) and the measured time is compared with that sum, both as medians (the estimate the
 search uses, `profiling.quality`). When components are timed, the paths are timed in the same
 rounds, after them: a machine whose speed drifts over minutes (this VM's did by 10-20%) then
-moves both sides of the comparison alike. The search predicts through a line fitted to the
-(sum, measured) pairs (`db.records.CascadeCalibration`); the gaps judged here are the bare sum's. A gap above 10% means the additive model is off on this
+moves both sides of the comparison alike. A gap above 10% means the additive model is off on this
 device (launch overheads, caches, fusion): the latency pass refuses to store the profile unless
 told to keep it (`profiling.verdict`). The checks are stored as latency rows of kind "path".
 """

@@ -20,7 +20,7 @@ import torch
 from sqlalchemy import Engine
 
 from db import repository
-from db.records import CascadeCalibration, ExitInput, ExitSummary, check_name
+from db.records import ExitInput, ExitSummary, check_name
 from db.session import open_store, session_scope
 from profiling.accuracy import AccuracyResult, AccuracySettings, check_compatible, profile_accuracy
 from profiling.backends import TimingBackend, TimingProtocol
@@ -271,7 +271,6 @@ def run_profile(db: str, request: ProfileRequest, *,
         latency = None
         few: FewShotResult | None = None
         p50: dict[tuple[str, str], float] = {}
-        line = CascadeCalibration()
         if request.latency:
             if progress:
                 progress("latency", 0, None, "")
@@ -291,15 +290,14 @@ def run_profile(db: str, request: ProfileRequest, *,
                     few = store_predictions(s, plan[0], model_id=model_id,
                                             device_id=latency.device.id, input_shape=shape,
                                             batch=request.batch, dtype=lat_settings.dtype_name)
-            p50, line = _stored_p50(engine, model_id, latency, shape, lat_settings)
+            p50 = _stored_p50(engine, model_id, latency, shape, lat_settings)
     finally:
         engine.dispose()
         if owned is not None:
             owned.close()
     return ProfileOutcome(model_id=model_id, device=request.device, policy=policy,
                           accuracy=accuracy, latency=latency,
-                          rows=tuple(exit_rows(network, costs, summaries, p50, line)),
-                          warnings=warnings,
+                          rows=tuple(exit_rows(network, costs, summaries, p50)), warnings=warnings,
                           few_shot=few)
 
 
@@ -344,11 +342,9 @@ def onnxruntime_backend(request: ProfileRequest, *, threads: int) -> OnnxRuntime
 
 
 def exit_rows(network: MessNetwork, costs: Mapping[tuple[str, str], Component],
-              summaries: Mapping[str, ExitSummary], p50: Mapping[tuple[str, str], float],
-              line: CascadeCalibration | None = None) -> list[ExitRow]:
-    """Per exit, the path an image leaving there pays (`closed_loop.path_components`), its
-    latency as the search predicts it (the sum through the device's calibration `line`)."""
-    line = line or CascadeCalibration()
+              summaries: Mapping[str, ExitSummary], p50: Mapping[tuple[str, str], float]
+              ) -> list[ExitRow]:
+    """Per exit, the path an image leaving there pays (`closed_loop.path_components`)."""
     rows = []
     for exit_id in (*network.exit_ids, FINAL_EXIT):
         if exit_id == FINAL_EXIT:
@@ -361,8 +357,7 @@ def exit_rows(network: MessNetwork, costs: Mapping[tuple[str, str], Component],
             exit=exit_id, position=position,
             miou=summary.miou if summary is not None else None,
             gflops=sum(costs[k].gflops for k in parts),
-            p50_ms=line.apply(sum(p50[k] for k in parts)) if all(k in p50 for k in parts)
-            else None,
+            p50_ms=sum(p50[k] for k in parts) if all(k in p50 for k in parts) else None,
         ))
     return rows
 
@@ -375,11 +370,9 @@ def _stored_summaries(engine: Engine, model_id: int) -> dict[str, ExitSummary]:
 
 
 def _stored_p50(engine: Engine, model_id: int, lat: LatencyResult, shape: tuple[int, ...],
-                settings: LatencySettings
-                ) -> tuple[dict[tuple[str, str], float], CascadeCalibration]:
-    """The stored medians, and the closed-loop calibration the search predicts through."""
+                settings: LatencySettings) -> dict[tuple[str, str], float]:
     with session_scope(engine) as s:
         rows = repository.load_latency(s, model_id=model_id, device_id=lat.device.id,
                                        input_shape=shape, batch=settings.batch,
                                        dtype=settings.dtype_name, include_predicted=True)
-    return {(r.kind, r.name): r.p50_ms for r in rows}, CascadeCalibration.from_rows(rows)
+    return {(r.kind, r.name): r.p50_ms for r in rows}

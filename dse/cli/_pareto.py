@@ -184,11 +184,6 @@ def print_run(stored, json_output: bool) -> None:  # type: ignore[no-untyped-def
                   f"baseline (final exit only): mIoU {base['miou']:.2%}, "
                   f"{base['latency_ms']:.3f} ms, {base['gflops']:.3f} GFLOPs",
                   markup=False, highlight=False, soft_wrap=True)
-    line = run.constraints.get("latency_calibration")
-    if line is not None and (line["overhead_ms"], line["scale"]) != (0.0, 1.0):
-        console.print(f"latencies: {line['overhead_ms']:+.3f} ms + {line['scale']:.3f} x the sum "
-                      "of components per image (the device's closed-loop calibration)",
-                      markup=False, highlight=False, soft_wrap=True)
     boot = run.constraints.get("bootstrap")
     front = [c for c in kept if c.front == 1]
     plain = stored.plain if stored.robust is not None else None

@@ -13,7 +13,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from db.records import CascadeCalibration
 from dse.cli._app import (
     DEFAULT_DB,
     ArchTrustOption,
@@ -43,8 +42,7 @@ def _progress() -> Progress:
 
 
 def _print_table(rows: list[dict], device: str, note: str = "") -> None:
-    table = Table(title=f"exits (path cost from the input; latency on {device} as the search "
-                        f"predicts it{note})")
+    table = Table(title=f"exits (path cost from the input; latency on {device}{note})")
     for col in ("exit", "mIoU", "GFLOPs", "p50 ms"):
         table.add_column(col, justify="left" if col == "exit" else "right")
     for r in rows:
@@ -252,11 +250,6 @@ def _report(rows: list[dict], lat: Any, device: str, json_output: bool, *,
          "predicted_ms": c.predicted_ms, "deviation": c.deviation}
         for c in (lat.paths if lat else ())
     ]
-    # what the search will predict with: the line through these checks (db.records)
-    line = CascadeCalibration.fit([(p["predicted_ms"], p["measured_ms"]) for p in paths])
-    for p in paths:
-        p["calibrated_ms"] = line.apply(p["predicted_ms"])
-        p["calibrated_deviation"] = (p["measured_ms"] - p["calibrated_ms"]) / p["measured_ms"]
     if json_output:
         typer.echo(json.dumps({
             "device": device, "accuracy_measured_images": accuracy_measured,
@@ -265,8 +258,6 @@ def _report(rows: list[dict], lat: Any, device: str, json_output: bool, *,
             "latency_quality": None if lat is None or lat.verdict is None else {
                 "ok": lat.verdict.ok, "line": lat.verdict.line(), **lat.verdict.quality},
             "few_shot": None if few_shot is None else few_shot.as_dict(),
-            "calibration": {"overhead_ms": line.overhead_ms, "scale": line.scale}
-            if paths else None,
         }, sort_keys=True, default=str))
         for row in rows:
             typer.echo(json.dumps({"device": device, **row}, sort_keys=True))
@@ -284,12 +275,9 @@ def _report(rows: list[dict], lat: Any, device: str, json_output: bool, *,
                  f", {len(few_shot.predicted)} component(s) predicted")
     if paths:
         table = Table(title="closed loop: real cascade vs sum of components (median ms)")
-        for col in ("path", "measured", "predicted", "deviation", "calibrated", "deviation "):
+        for col in ("path", "measured", "predicted", "deviation"):
             table.add_column(col, justify="left" if col == "path" else "right")
         for p in paths:
             table.add_row(p["path"], f"{p['measured_ms']:.3f}", f"{p['predicted_ms']:.3f}",
-                          f"{100 * p['deviation']:+.1f}%", f"{p['calibrated_ms']:.3f}",
-                          f"{100 * p['calibrated_deviation']:+.1f}%")
+                          f"{100 * p['deviation']:+.1f}%")
         console.print(table)
-        console.print(f"the search predicts {line.overhead_ms:+.3f} ms + {line.scale:.3f} x the "
-                      "sum per image (the line through these closed-loop paths)", markup=False, highlight=False, soft_wrap=True)

@@ -10,7 +10,6 @@ import pytest
 from db import ExitArrays, ExitInput, open_store, session_scope
 from db import repository as repo
 from db.errors import StorageError
-from db.records import CascadeCalibration
 from dse.cli import main
 from dse.constraints import Constraints
 from dse.data import AccuracyData, CostData
@@ -23,9 +22,7 @@ from dse.synthetic import random_accuracy, random_costs
 SHAPE = (1, 3, 32, 32)
 
 
-def _fill(url: str, data: AccuracyData, cost: CostData, *, device: str = "box",
-          paths: tuple[tuple[str, float, float], ...] = ()) -> None:
-    """A store with `data` and `cost`, and closed-loop checks (name, summed ms, measured ms)."""
+def _fill(url: str, data: AccuracyData, cost: CostData, *, device: str = "box") -> None:
     positions = [f"p{i}" for i in range(data.num_positions)]
     engine = open_store(url, create=True)
     with session_scope(engine) as s:
@@ -63,11 +60,6 @@ def _fill(url: str, data: AccuracyData, cost: CostData, *, device: str = "box",
             repo.upsert_latency(s, model_id=m.id, device_id=d.id, kind=kind, name=name,
                                 input_shape=SHAPE, batch=1, dtype="float32",
                                 samples_ms=np.full(5, ms), gflops=gf, params=1)
-        for name, summed, measured in paths:
-            repo.upsert_latency(s, model_id=m.id, device_id=d.id, kind="path", name=name,
-                                input_shape=SHAPE, batch=1, dtype="float32",
-                                samples_ms=np.full(5, measured), gflops=1.0, params=1,
-                                predicted_ms=summed)
     engine.dispose()
 
 
@@ -118,36 +110,6 @@ def test_table_and_target_speed(store, capsys) -> None:
                  "--max-exits", "2"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "front 1" in out and "baseline (final exit only)" in out and "chosen" in out
-
-
-def test_the_search_predicts_through_the_closed_loop_calibration(tmp_path, capsys) -> None:
-    """Closed-loop paths measured at 0.4 ms + 1.05 x their sums: the baseline and every
-    candidate are predicted through that line, and the run says so."""
-    rng = np.random.default_rng(3)
-    data = random_accuracy(rng, num_positions=4, heads=2, num_samples=24, num_classes=4)
-    cost = random_costs(rng, data)
-    line = CascadeCalibration(overhead_ms=0.4, scale=1.05)
-    url = f"sqlite:///{tmp_path / 'mess.db'}"
-    _fill(url, data, cost, paths=tuple((n, ms, line.apply(ms))
-                                       for n, ms in (("a", 2.0), ("b", 5.0), ("final", 9.0))))
-    bare = Evaluator(data, cost)
-    assert main(["pareto", "--device", "box", "--db", url]) == 0
-    out = " ".join(capsys.readouterr().out.split())
-    assert "latencies: +0.400 ms + 1.050 x the sum of components per image" in out
-    engine = open_store(url)
-    with session_scope(engine) as s:
-        (run,) = repo.list_search_runs(s)
-    engine.dispose()
-    assert run.baseline["latency_ms"] == pytest.approx(line.apply(bare.baseline().latency_ms))
-    assert run.constraints["latency_calibration"] == pytest.approx(
-        {"overhead_ms": 0.4, "scale": 1.05})
-    assert main(["pareto", "--device", "box", "--db", url, "--json"]) == 0
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert lines
-    for one in lines:
-        config = Configuration(exits=tuple(one["exits"][:-1]), th_pix=tuple(one["th_pix"]),
-                               th_img=one["th_img"])
-        assert one["latency_ms"] == pytest.approx(line.apply(bare.evaluate(config).latency_ms))
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

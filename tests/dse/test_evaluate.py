@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from db.records import CascadeCalibration
 from dse._kernel import CascadeKernel
 from dse.constraints import Bounds
 from dse.data import AccuracyData, cost_from_records
@@ -127,19 +126,16 @@ def test_budgeted_and_anytime_modes() -> None:
                                              + cost.upsample_ms["p2/h0"])
 
 
-def _row(kind: str, name: str, ms: float, gflops: float = 0.0,
-         predicted: float | None = None) -> SimpleNamespace:
-    return SimpleNamespace(kind=kind, name=name, estimate_ms=ms, gflops=gflops,
-                           predicted_ms=predicted)
+def _row(kind: str, name: str, ms: float, gflops: float = 0.0) -> SimpleNamespace:
+    return SimpleNamespace(kind=kind, name=name, estimate_ms=ms, gflops=gflops)
 
 
-def test_costs_from_records_charge_the_upsampling_and_path_checks_are_no_component() -> None:
+def test_costs_from_records_charge_the_upsampling_and_ignore_path_checks() -> None:
     rows = [_row("segment", "a", 1.0, 0.5), _row("segment", "tail", 2.0, 1.0),
             _row("head", "a/h", 0.5), _row("decision", "a/h", 0.1), _row("upsample", "a/h", 0.2),
             _row("final", "final", 0.7), _row("upsample", "final", 0.3),
-            _row("path", "final", 99.0)]  # no sum it was compared with: not a calibration
+            _row("path", "final", 99.0)]
     cost = cost_from_records(rows, ["a"])
-    assert cost.calibration == CascadeCalibration()
     assert cost.upsample_ms == {"a/h": 0.2} and cost.final_upsample_ms == 0.3
     data = random_accuracy(np.random.default_rng(0), num_positions=1, heads=1, num_samples=5)
     data = AccuracyData(exit_ids=("a/h",), position_index=(0,), num_positions=1,
@@ -154,50 +150,3 @@ def test_costs_from_records_charge_the_upsampling_and_path_checks_are_no_compone
     with pytest.raises(DseError, match="no latency for exit 'a/h'.*dse profile --latency"):
         Evaluator(data, cost_from_records([r for r in rows if r.name != "a/h" or
                                            r.kind != "upsample"], ["a"]))
-
-
-def test_closed_loop_paths_calibrate_every_prediction() -> None:
-    """Paths measured at 0.5 ms + 1.1 x their sums: every per-image latency the search predicts
-    (cascade, budgeted, anytime, baseline) goes through that line, the overhead paid once."""
-    line = CascadeCalibration(overhead_ms=0.5, scale=1.1)
-    rows = [_row("segment", "a", 1.0, 0.5), _row("segment", "tail", 2.0, 1.0),
-            _row("head", "a/h", 0.5), _row("decision", "a/h", 0.1), _row("upsample", "a/h", 0.2),
-            _row("final", "final", 0.7), _row("upsample", "final", 0.3)]
-    paths = [_row("path", n, line.apply(s), predicted=s)
-             for n, s in (("a/h", 1.8), ("b/h", 3.5), ("final", 4.6))]
-    bare, cost = cost_from_records(rows, ["a"]), cost_from_records(rows + paths, ["a"])
-    assert cost.calibration.overhead_ms == pytest.approx(0.5)
-    assert cost.calibration.scale == pytest.approx(1.1)
-    data = random_accuracy(np.random.default_rng(0), num_positions=1, heads=1, num_samples=7)
-    data = AccuracyData(exit_ids=("a/h",), position_index=(0,), num_positions=1,
-                        edges=data.edges, tp=data.tp, fp=data.fp, fn=data.fn, hist=data.hist)
-    plain, fitted = Evaluator(data, bare), Evaluator(data, cost)
-    configs = [Configuration(exits=()), Configuration(exits=("a/h",), mode="budgeted"),
-               Configuration(exits=("a/h",), th_pix=(0.5,), th_img=0.5),
-               Configuration(exits=("a/h",), mode="anytime")]
-    for config in configs:
-        a, b = plain.evaluate(config), fitted.evaluate(config)
-        assert b.latency_ms == pytest.approx(line.apply(a.latency_ms)), config
-        assert b.latency_p95_ms == pytest.approx(line.apply(a.latency_p95_ms)), config
-        assert b.gflops == pytest.approx(a.gflops) and b.miou == a.miou
-    cascade = configs[2]
-    assert fitted.routes(cascade).ms == pytest.approx(line.apply(plain.routes(cascade).ms))
-    anytime = fitted.evaluate(configs[3]).anytime_ms
-    assert anytime == pytest.approx([line.apply(v) for v in plain.evaluate(configs[3]).anytime_ms])
-
-
-@pytest.mark.parametrize("pairs", [
-    [],  # no closed loop (a probe import, few-shot)
-    [(10.0, 0.0)],  # a broken measurement
-    [(1.0, 0.2), (5.0, 9.0), (9.0, 40.0)],  # a line beyond [0.5, 2] x: a broken profile
-])
-def test_calibration_falls_back_to_the_bare_sum(pairs: list[tuple[float, float]]) -> None:
-    assert CascadeCalibration.fit(pairs) == CascadeCalibration()
-
-
-def test_calibration_with_paths_alike_in_cost_is_a_scale() -> None:
-    fit = CascadeCalibration.fit([(10.0, 11.0), (11.0, 12.5), (12.0, 13.0)])
-    assert fit.overhead_ms == 0.0 and fit.scale == pytest.approx(1.1)  # the median ratio
-    assert CascadeCalibration.fit([(4.0, 5.0)]) == CascadeCalibration(0.0, 1.25)
-    with pytest.raises(ValueError, match="positive scale"):
-        CascadeCalibration(scale=0.0)
