@@ -113,20 +113,16 @@ def main(argv: list[str] | None = None) -> int:
             timing=TimingSettings(warmup=0, repeat=repeat),
         )
 
-    if args.same_rounds:
-        if args.rounds or args.reprofile_every:
-            print("error: --same-rounds predicts from its own rounds: drop --rounds and "
-                  "--reprofile-every", file=sys.stderr)
-            return 2
-        rows = _same_rounds(stored, network, target, measure, args.same_rounds, same)
-        _print_rows(args, run, target, threads, dataset, same, rows)
-        return 0
-    if args.rounds:
-        if args.reprofile_every:
-            print("error: --rounds and --reprofile-every do not combine: interleaved rounds "
-                  "measure every point over the same minutes; drop one", file=sys.stderr)
-            return 2
-        rows = _interleaved(stored, network, target, measure, args.rounds, same)
+    modes = [name for name, on in (("--rounds", args.rounds), ("--same-rounds", args.same_rounds),
+                                   ("--reprofile-every", args.reprofile_every)) if on]
+    if len(modes) > 1:
+        print(f"error: {' and '.join(modes)} are different ways to measure; choose one",
+              file=sys.stderr)
+        return 2
+    if args.rounds or args.same_rounds:
+        rows = (_interleaved(stored, network, target, measure, args.rounds, same)
+                if args.rounds else
+                _same_rounds(stored, network, target, measure, args.same_rounds, same))
         _print_rows(args, run, target, threads, dataset, same, rows)
         return 0
 
@@ -180,6 +176,25 @@ def _print_rows(args: Any, run: Any, target: Any, threads: int, dataset: Any, sa
     _summary("raw", [abs(cmp.latency_error) for _, _, cmp in rows])
 
 
+def _round_robin(stored: list[Any], network: Any, target: Any, measure: Any, rounds: int,
+                 before: Any = None) -> list[list[Any]]:
+    """Per front point, its measurement in each of `rounds` rounds; every round runs `before`
+    (if given), then every point once over the images, starting at point r in round r."""
+    modules = [target.module(network, one) for one in stored]
+    runs: list[list[Any]] = [[] for _ in stored]
+    try:
+        for r in range(rounds):
+            if before is not None:
+                before()
+            for k in range(len(stored)):
+                i = (r + k) % len(stored)
+                runs[i].append(measure(stored[i], modules[i], 1))
+    finally:
+        for module in modules:
+            target.close(module)
+    return runs
+
+
 def _interleaved(stored: list[Any], network: Any, target: Any, measure: Any, rounds: int,
                  same: bool) -> list[Any]:
     """Every front point once per round (round k starts at point k), `rounds` rounds; each
@@ -188,16 +203,7 @@ def _interleaved(stored: list[Any], network: Any, target: Any, measure: Any, rou
 
     from profiling.verify import Prediction, compare
 
-    modules = [target.module(network, one) for one in stored]
-    runs: list[list[Any]] = [[] for _ in stored]
-    try:
-        for r in range(rounds):
-            for k in range(len(stored)):
-                i = (r + k) % len(stored)
-                runs[i].append(measure(stored[i], modules[i], 1))
-    finally:
-        for module in modules:
-            target.close(module)
+    runs = _round_robin(stored, network, target, measure, rounds)
     rows = []
     for one, taken in zip(stored, runs, strict=True):
         means = [m.latency_ms for m in taken]
@@ -244,20 +250,15 @@ def _same_rounds(stored: list[Any], network: Any, target: Any, measure: Any, rou
     extra = [(("path", name), call) for _, name, call in calls]
     one_round = Interleaved(TimingSettings(warmup=0, repeat=1, max_remeasure=0))
     samples: dict[Any, list[float]] = {k: [] for k in [*keys, *(k for k, _ in extra)]}
-    modules = [target.module(network, one) for one in stored]
-    runs: list[list[Any]] = [[] for _ in stored]
+    def components() -> None:
+        timed = one_round.measure(workload, keys, extra=extra)
+        for key, values in timed.samples_ms.items():
+            samples[key].extend(values)
+
     try:
         one_round.measure(workload, keys, extra=extra)  # warm-up
-        for r in range(rounds):
-            timed = one_round.measure(workload, keys, extra=extra)
-            for key, values in timed.samples_ms.items():
-                samples[key].extend(values)
-            for k in range(len(stored)):
-                i = (r + k) % len(stored)
-                runs[i].append(measure(stored[i], modules[i], 1))
+        runs = _round_robin(stored, network, target, measure, rounds, before=components)
     finally:
-        for module in modules:
-            target.close(module)
         if owned is not None:
             owned.close()
     medians = {k: statistics.median(v) for k, v in samples.items()}
