@@ -199,21 +199,27 @@ def _interleaved(stored: list[Any], network: Any, target: Any, measure: Any, rou
                  same: bool) -> list[Any]:
     """Every front point once per round (round k starts at point k), `rounds` rounds; each
     point's measurement carries the median of its round means. Rows as `main` prints them."""
-    import dataclasses
-
-    from profiling.verify import Prediction, compare
-
     runs = _round_robin(stored, network, target, measure, rounds)
     rows = []
     for one, taken in zip(stored, runs, strict=True):
         means = [m.latency_ms for m in taken]
-        measured = dataclasses.replace(taken[0], latency_ms=statistics.median(means))
-        rows.append((one.candidate, 1.0, compare(Prediction.from_candidate(one.candidate),
-                                                 measured, same_images=same)))
+        rows.append(_round_row(one.candidate, taken, same))
         spread = (max(means) - min(means)) / statistics.median(means)
         print(f"  #{one.candidate.index}: {rounds} round means {min(means):.3f}-"
               f"{max(means):.3f} ms ({spread * 100:.0f}% of the median)")
     return rows
+
+
+def _round_row(candidate: Any, taken: list[Any], same: bool) -> Any:
+    """A point's row: its prediction against the median of its round means."""
+    import dataclasses
+
+    from profiling.verify import Prediction, compare
+
+    measured = dataclasses.replace(
+        taken[0], latency_ms=statistics.median(m.latency_ms for m in taken))
+    return (candidate, 1.0, compare(Prediction.from_candidate(candidate), measured,
+                                    same_images=same))
 
 
 def _same_rounds(stored: list[Any], network: Any, target: Any, measure: Any, rounds: int,
@@ -222,15 +228,13 @@ def _same_rounds(stored: list[Any], network: Any, target: Any, measure: Any, rou
     paths), then every front point over the images. Predictions are the components' medians
     summed (what `dse pareto` would predict from a profile taken in exactly these minutes);
     rows as `main` prints them."""
-    import dataclasses
-
     import numpy as np
     import torch
 
     from profiling.backends import Interleaved, TorchEager
     from profiling.closed_loop import choose_paths, path_calls, predicted_ms
+    from profiling.latency import LatencySettings
     from profiling.timing import TimingSettings
-    from profiling.verify import Prediction, compare
     from training.flops import network_components
 
     owned: Any = None
@@ -243,13 +247,15 @@ def _same_rounds(stored: list[Any], network: Any, target: Any, measure: Any, rou
     torch.manual_seed(0)
     x = torch.randn(1, 3, *size, dtype=target.dtype)
     heads = {c.name: c.gflops for c in network_components(network, size) if c.kind == "head"}
-    calls = path_calls(network, x, paths=choose_paths(network, heads, max_paths=4),
+    paths = choose_paths(network, heads, max_paths=LatencySettings().max_paths)
+    calls = path_calls(network, x, paths=paths,
                        policy=network.decision.policy, backend=backend)
     workload = backend.workload(network, x)
     keys = workload.keys()
     extra = [(("path", name), call) for _, name, call in calls]
     one_round = Interleaved(TimingSettings(warmup=0, repeat=1, max_remeasure=0))
     samples: dict[Any, list[float]] = {k: [] for k in [*keys, *(k for k, _ in extra)]}
+
     def components() -> None:
         timed = one_round.measure(workload, keys, extra=extra)
         for key, values in timed.samples_ms.items():
@@ -271,16 +277,10 @@ def _same_rounds(stored: list[Any], network: Any, target: Any, measure: Any, rou
           f" (measured vs summed); line through them {overhead:+.3f} ms + {scale:.3f} x sum")
     rows, lined = [], []
     for one, taken in zip(stored, runs, strict=True):
-        cand = one.candidate
-        early = tuple(e for e in cand.exits if e != "final")
-        summed = sum(rate * predicted_ms(network, medians, early, exit_id)
-                     for exit_id, rate in cand.exit_rates.items() if rate > 0)
-        measured = dataclasses.replace(
-            taken[0], latency_ms=statistics.median(m.latency_ms for m in taken))
-        lined.append(abs(measured.latency_ms / (overhead + scale * summed) - 1))
-        predicted = dataclasses.replace(cand, latency_ms=summed)
-        rows.append((cand, 1.0, compare(Prediction.from_candidate(predicted), measured,
-                                        same_images=same)))
+        row = _round_row(_predicted_from(one, network, medians).candidate, taken, same)
+        summed, measured = row[2].predicted.latency_ms, row[2].measured.latency_ms
+        lined.append(abs(measured / (overhead + scale * summed) - 1))
+        rows.append(row)
     _summary("through the closed loop's line (not adopted)", lined)
     return rows
 

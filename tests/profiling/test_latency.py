@@ -170,7 +170,6 @@ def test_new_components_and_their_paths_are_timed_in_the_same_rounds(
     assert {g["path"] for g in quality.quality["closed_loop"]} == {c.name for c in result.paths}
 
 
-
 def test_noisy_samples_are_refused_and_the_store_stays_unchanged(
         engine, tiny_network, model_id) -> None:
     before = _rows(engine)
